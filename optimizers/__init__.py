@@ -1,0 +1,48 @@
+"""Deep-learning optimizers as drop-in replacements for ``torch.optim``.
+
+Each class has the same name, arguments, defaults, state and trajectory as its
+``torch.optim`` counterpart; each module also exposes the functional core
+(``optimizers.sgd.sgd``, ``optimizers.adam.adam``, ...), with a readable
+single-tensor path (the default on CPU) and a multi-tensor ``torch._foreach_*``
+path (the default on CUDA), chosen as ``torch.optim`` chooses.
+
+===========  ==========================  =========================
+class        module                      functional core
+===========  ==========================  =========================
+SGD          ``optimizers.sgd``          ``sgd``
+Adagrad      ``optimizers.adagrad``      ``adagrad``
+RMSprop      ``optimizers.rmsprop``      ``rmsprop``
+Adadelta     ``optimizers.adadelta``     ``adadelta``
+Adam, AdamW  ``optimizers.adam``         ``adam``, ``adamw``
+NAdam        ``optimizers.nadam``        ``nadam``
+Adamax       ``optimizers.adamax``       ``adamax``
+===========  ==========================  =========================
+
+This module imports neither matplotlib nor the book helpers
+(``optimizers.book``).
+"""
+
+from ._base import InvalidParamsError, OptimizerBase
+from .adadelta import Adadelta
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .adamax import Adamax
+from .nadam import NAdam
+from .rmsprop import RMSprop
+from .sgd import SGD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adadelta",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "Adamax",
+    "OptimizerBase",
+    "InvalidParamsError",
+    "__version__",
+]

@@ -1,0 +1,557 @@
+r"""Shared plumbing for every optimizer in :mod:`optimizers`.
+
+Everything that is *not* the mathematics of an update rule lives here, written
+once, so that each algorithm module (``sgd.py``, ``adam.py``, ...) contains
+little more than its equations. A new optimizer is written in four pieces:
+
+1. **Validation** in ``__init__`` with the helpers below
+   (:func:`_check_lr`, :func:`_check_nonnegative`, :func:`_check_range`,
+   :func:`_check_betas`, :func:`_check_impl_flags`). Each raises
+   :class:`ValueError` with a message that names the hyperparameter, the value
+   and the allowed range, e.g. ``Invalid lr: -0.1 (must be >= 0)``.
+2. **Lazy state**: subclass :class:`OptimizerBase`, implement
+   :meth:`OptimizerBase._init_state` (the state of one parameter before its
+   first update) and use :meth:`OptimizerBase._lazy_state` to fetch it.
+   Step counters are 0-dim float tensors (:func:`_new_step`), as in
+   ``torch.optim``, so that state dicts are interchangeable with torch's.
+3. **The step of one param group**: implement
+   :meth:`OptimizerBase._step_group`, which gathers the tensors
+   (:meth:`OptimizerBase._gather`) and calls the module's functional core.
+   :meth:`OptimizerBase.step` handles the closure, ``no_grad`` and the loop
+   over groups.
+4. **The functional core**: a readable single-tensor function
+   ``_single_tensor_<name>`` (a Python loop over parameters, what the book
+   quotes; the default on CPU) and a multi-tensor ``_multi_tensor_<name>``
+   built on ``torch._foreach_*`` ops (the default on CUDA), chosen by
+   :func:`_resolve_impl` with torch.optim's rule. The multi-tensor
+   version runs once per (device, dtype) bucket (:func:`_group_by_device_and_dtype`)
+   and treats complex tensors as real ones of twice the size
+   (:func:`_view_as_real_lists`).
+
+A minimal example, plain gradient descent with a step counter::
+
+    class GD(OptimizerBase):
+        def __init__(self, params, lr=0.1, *, foreach=None):
+            _check_lr(lr)
+            super().__init__(params, dict(lr=lr, foreach=foreach, maximize=False))
+
+        def _init_state(self, p, group):
+            return {"step": _new_step()}
+
+        def _step_group(self, group):
+            params, grads, _, _ = self._gather(group)
+            steps = [self._lazy_state(p, group)["step"] for p in params]
+            _increment_steps(steps)
+            for p, g in zip(params, grads):
+                p.add_(g, alpha=-_as_float(group["lr"]))
+
+Nothing here imports matplotlib or the book helpers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["OptimizerBase", "InvalidParamsError"]
+
+
+# --------------------------------------------------------------------------- #
+# Validation                                                                   #
+# --------------------------------------------------------------------------- #
+
+
+class InvalidParamsError(TypeError, ValueError):
+    """The ``params`` argument is not a non-empty iterable of tensors or dicts.
+
+    It derives from both :class:`TypeError` (what ``torch.optim`` raises for a
+    bare tensor) and :class:`ValueError` (what it raises for an empty list),
+    so code written against either convention keeps working.
+    """
+
+
+def _check_params(params: Any) -> list:
+    """Return ``params`` as a list, refusing what no optimizer can use.
+
+    Raises :class:`InvalidParamsError` for a single tensor (a common slip:
+    ``Adam(model.weight)`` instead of ``Adam([model.weight])``), for anything
+    that is not iterable, and for an empty iterable.
+    """
+    if isinstance(params, Tensor):
+        raise InvalidParamsError(
+            "Invalid params: a single Tensor (must be an iterable of Tensors or "
+            "of dicts defining parameter groups; wrap it in a list: [tensor])"
+        )
+    if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
+        raise InvalidParamsError(
+            f"Invalid params: {type(params).__name__!s} object (must be an iterable "
+            "of Tensors or of dicts defining parameter groups)"
+        )
+    params = list(params)
+    if len(params) == 0:
+        raise InvalidParamsError(
+            "Invalid params: optimizer got an empty parameter list (must contain "
+            "at least one Tensor or parameter group)"
+        )
+    return params
+
+
+def _fmt(value: Any) -> str:
+    """Format a hyperparameter for an error message (tensors by their value)."""
+    if isinstance(value, Tensor):
+        if value.numel() == 1:
+            return f"tensor({value.item()!r})"
+        return f"tensor of shape {tuple(value.shape)}"
+    return repr(value)
+
+
+def _real_number(name: str, value: Any) -> float:
+    """Return ``value`` as a Python float, or raise a ValueError naming it.
+
+    Accepts Python/NumPy real numbers and 1-element real tensors; refuses
+    strings, complex numbers, multi-element tensors and NaN.
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"Invalid {name}: {_fmt(value)} (a Tensor {name} must be 1-element)"
+            )
+        if value.is_complex():
+            raise ValueError(f"Invalid {name}: {_fmt(value)} (must be a real number)")
+        x = float(value.item())
+    elif isinstance(value, numbers.Real):
+        x = float(value)
+    else:
+        raise ValueError(f"Invalid {name}: {_fmt(value)} (must be a real number)")
+    if math.isnan(x):
+        raise ValueError(f"Invalid {name}: {_fmt(value)} (must not be NaN)")
+    return x
+
+
+def _check_nonnegative(name: str, value: Any) -> None:
+    """Require ``value >= 0`` (and not NaN); raise ``ValueError`` naming ``name``.
+
+    >>> _check_nonnegative("eps", -1e-8)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid eps: -1e-08 (must be >= 0)
+    """
+    x = _real_number(name, value)
+    if not x >= 0.0:
+        raise ValueError(f"Invalid {name}: {_fmt(value)} (must be >= 0)")
+
+
+def _check_lr(lr: Any) -> None:
+    """Validate a learning rate: a float or a 1-element tensor, ``>= 0``, not NaN.
+
+    A tensor learning rate is accepted, as in ``torch.optim``; the functional
+    cores read its value with :func:`_as_float`.
+    """
+    _check_nonnegative("lr", lr)
+
+
+def _check_range(
+    name: str,
+    value: Any,
+    lo: float,
+    hi: float,
+    *,
+    lo_closed: bool = True,
+    hi_closed: bool = True,
+) -> None:
+    """Require ``value`` in the interval from ``lo`` to ``hi``.
+
+    ``lo_closed``/``hi_closed`` choose ``[`` or ``(`` and ``]`` or ``)``; the
+    message spells the interval the same way, e.g.
+    ``Invalid betas[1]: 1.0 (must be in [0, 1))``.
+    """
+    x = _real_number(name, value)
+    ok_lo = x >= lo if lo_closed else x > lo
+    ok_hi = x <= hi if hi_closed else x < hi
+    if not (ok_lo and ok_hi):
+        interval = (
+            ("[" if lo_closed else "(")
+            + f"{lo:g}, {hi:g}"
+            + ("]" if hi_closed else ")")
+        )
+        raise ValueError(f"Invalid {name}: {_fmt(value)} (must be in {interval})")
+
+
+def _check_betas(betas: Any, name: str = "betas") -> tuple[Any, Any]:
+    """Validate a pair ``(beta1, beta2)`` with each coefficient in ``[0, 1)``.
+
+    Returns the pair as a tuple; 1-element tensors are squeezed to 0-dim, as
+    ``torch.optim`` does.
+    """
+    if isinstance(betas, Tensor) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise ValueError(
+            f"Invalid {name}: {_fmt(betas)} (must be a pair (beta1, beta2) of numbers "
+            "in [0, 1))"
+        )
+    out = []
+    for i, b in enumerate(betas):
+        _check_range(f"{name}[{i}]", b, 0.0, 1.0, hi_closed=False)
+        out.append(b.squeeze() if isinstance(b, Tensor) and b.dim() != 0 else b)
+    return tuple(out)
+
+
+def _check_impl_flags(
+    name: str,
+    *,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    differentiable: bool = False,
+    capturable: bool = False,
+    fused_supported: bool = False,
+) -> None:
+    """Validate the implementation switches shared by all optimizers.
+
+    ``foreach`` and ``fused`` cannot both be True; ``fused=True`` is only
+    accepted where torch ships a fused kernel (``fused_supported``).
+    ``differentiable=True`` (autograd through the step) and
+    ``capturable=True`` (CUDA-graph capture) are accepted by ``torch.optim``
+    but not implemented here: they raise instead of silently doing something
+    else.
+    """
+    if foreach and fused:
+        raise ValueError(
+            f"Invalid fused: True with foreach=True (must not both be True: {name} "
+            "runs one implementation at a time)"
+        )
+    if fused and not fused_supported:
+        raise ValueError(
+            f"Invalid fused: True (must be None or False: {name} has no fused "
+            "kernel in torch; use foreach=True or leave fused=None)"
+        )
+    if differentiable:
+        raise ValueError(
+            f"Invalid differentiable: True (must be False: differentiating through "
+            f"the step is not implemented by optimizers.{name}; use torch.optim.{name})"
+        )
+    if capturable:
+        raise ValueError(
+            f"Invalid capturable: True (must be False: CUDA-graph capture is not "
+            f"implemented by optimizers.{name}; use torch.optim.{name})"
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Scalars and step counters                                                    #
+# --------------------------------------------------------------------------- #
+
+
+def _as_float(x: float | Tensor) -> float:
+    """A hyperparameter as a Python number (``.item()`` of a tensor)."""
+    return x.item() if isinstance(x, Tensor) else x
+
+
+def _scalar_dtype(fused: bool | None = False) -> torch.dtype:
+    """Dtype of 0-dim state scalars (``step``, NAdam's ``mu_product``).
+
+    Same rule as ``torch.optim``: float64 when the default dtype is float64,
+    float32 otherwise, and always float32 for the fused kernels.
+    """
+    if fused:
+        return torch.float32
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def _new_step(param: Tensor | None = None, fused: bool | None = False) -> Tensor:
+    """A fresh step counter, ``tensor(0.)``.
+
+    It lives on the CPU (reading it is then free) unless ``fused``, whose
+    kernels read it on the parameter's device.
+    """
+    if fused and param is not None:
+        return torch.zeros((), dtype=_scalar_dtype(True), device=param.device)
+    return torch.tensor(0.0, dtype=_scalar_dtype())
+
+
+def _increment_steps(steps: list[Tensor]) -> None:
+    """``t <- t + 1`` for a list of step counters, in one foreach call."""
+    if not steps:
+        return
+    if steps[0].is_cpu:
+        # Adding a CPU scalar tensor keeps the call on the tensor-scalar
+        # overload, as torch.optim does.
+        torch._foreach_add_(steps, torch.tensor(1.0), alpha=1.0)
+    else:
+        torch._foreach_add_(steps, 1)
+
+
+def _step_values(steps: Sequence[Tensor]) -> list[float]:
+    """The step counters as Python floats (used for bias corrections)."""
+    return [s.item() for s in steps]
+
+
+# --------------------------------------------------------------------------- #
+# Choosing and running an implementation                                       #
+# --------------------------------------------------------------------------- #
+
+_PLAIN_TENSOR_TYPES = (Tensor, torch.nn.Parameter)
+
+
+@functools.lru_cache(maxsize=None)
+def _foreach_devices() -> frozenset[str]:
+    """Device types where ``foreach=None`` means foreach (torch's list: no CPU)."""
+    from torch.utils._foreach_utils import _get_foreach_kernels_supported_devices
+
+    return frozenset(_get_foreach_kernels_supported_devices())
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_devices() -> frozenset[str]:
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return frozenset(_get_fused_kernels_supported_devices())
+
+
+def _default_foreach(tensors: Iterable[Tensor | None]) -> bool:
+    """Whether ``foreach=None`` should mean the multi-tensor path.
+
+    The rule of ``torch.optim`` (``_default_to_fused_or_foreach``): True when
+    every tensor is a plain ``Tensor``/``Parameter`` (no subclass such as a
+    DTensor) on a device with native foreach kernels: CUDA and other
+    accelerators, **not the CPU**. On CPU the foreach ops are loops over the
+    tensors, each op one pass over all parameters; the single-tensor path
+    runs all ops of one tensor while it is in cache and is 2-3x faster on a
+    10M-parameter model (foreach wins only for many small tensors); see
+    ``benchmarks/results/step_times.md``. Following torch's rule also makes
+    the default trajectory bit-identical to torch.optim's.
+    """
+    devices = _foreach_devices()
+    return all(
+        t is None or (type(t) in _PLAIN_TENSOR_TYPES and t.device.type in devices)
+        for t in tensors
+    )
+
+
+def _resolve_impl(
+    params: list[Tensor], foreach: bool | None, fused: bool | None = None
+) -> str:
+    """Return ``"fused"``, ``"foreach"`` or ``"single"`` for a functional call.
+
+    Explicit choices win; ``foreach=None, fused=None`` picks ``"foreach"``
+    when :func:`_default_foreach` allows it (on CUDA), else ``"single"``.
+    ``torch.jit`` scripting is not supported.
+    """
+    if fused:
+        return "fused"
+    if foreach is None:
+        foreach = _default_foreach(params)
+    return "foreach" if foreach else "single"
+
+
+def _check_fused_tensors(name: str, params: Iterable[Tensor], grads: Iterable[Tensor] = ()) -> None:
+    """Refuse tensors the fused kernels cannot take, with a clear message.
+
+    Params must be floating point (not complex) on a device with fused
+    kernels; gradients must be dense. Classes call this once, through
+    :meth:`OptimizerBase._check_fused_once`, not at every step.
+    """
+    devices = _fused_devices()
+    for p in params:
+        if not (p.device.type in devices and torch.is_floating_point(p)):
+            raise RuntimeError(
+                f"{name} with fused=True requires floating-point params on one of "
+                f"{sorted(devices)}, but got {p.dtype} on {p.device.type}"
+            )
+    for g in grads:
+        if g.is_sparse:
+            raise RuntimeError(f"{name} with fused=True does not support sparse gradients")
+
+
+def _group_by_device_and_dtype(
+    tensorlists: list[list[Tensor | None]], with_indices: bool = False
+) -> dict[tuple[torch.device, torch.dtype], tuple[list[list[Any]], list[int]]]:
+    """Split parallel tensor lists into buckets of one device and one dtype.
+
+    ``torch._foreach_*`` kernels need every tensor of a call on one device with
+    one dtype. ``tensorlists[0]`` (the params) decides the bucket; the other
+    lists follow index by index and may hold ``None`` (or be empty). Returns
+    ``{(device, dtype): (lists_in_bucket, original_indices)}``; the indices
+    are filled only when ``with_indices`` is True. Tensors in the buckets are
+    the same objects as in the input (in-place ops propagate back); ``None``
+    entries replaced in a bucket do not.
+    """
+    return Optimizer._group_tensors_by_device_and_dtype(tensorlists, with_indices)  # type: ignore[return-value]
+
+
+def _real(t: Tensor) -> Tensor:
+    """``t`` viewed as real (a trailing dim of size 2) if it is complex."""
+    return torch.view_as_real(t) if torch.is_complex(t) else t
+
+
+def _view_as_real_lists(params: list[Tensor], *others: list[Tensor]) -> None:
+    """In place: replace complex entries of ``params`` (and the same indices of
+    ``others``) by their real views.
+
+    A complex tensor of shape ``s`` becomes a real one of shape ``s + (2,)``:
+    element-wise updates then treat real and imaginary parts as two separate
+    coordinates, which is how ``torch.optim`` defines its updates on complex
+    parameters.
+    """
+    for i, p in enumerate(params):
+        if torch.is_complex(p):
+            params[i] = torch.view_as_real(p)
+            for lst in others:
+                lst[i] = torch.view_as_real(lst[i])
+
+
+# --------------------------------------------------------------------------- #
+# The base class                                                               #
+# --------------------------------------------------------------------------- #
+
+# Keys that torch.optim param groups may carry, and the value an old or foreign
+# state dict that lacks them should get.
+_COMMON_GROUP_FALLBACKS: dict[str, Any] = {
+    "maximize": False,
+    "foreach": None,
+    "differentiable": False,
+}
+
+
+class OptimizerBase(Optimizer):
+    r"""Base class of the optimizers in this package.
+
+    A :class:`torch.optim.Optimizer` (param groups, ``zero_grad``,
+    ``state_dict``/``load_state_dict``, hooks, ``repr`` and deep copies all
+    come from there) that adds:
+
+    * validation of ``params`` (:func:`_check_params`);
+    * :meth:`step`: evaluates the optional closure with gradients enabled,
+      then calls :meth:`_step_group` for every group under ``torch.no_grad()``;
+    * lazy per-parameter state (:meth:`_lazy_state` calls :meth:`_init_state`
+      on first use);
+    * gathering of the parameters that have a gradient (:meth:`_gather`),
+      refusing sparse gradients unless ``_supports_sparse``;
+    * ``__setstate__`` that fills group keys missing from old or foreign state
+      dicts (``_group_fallbacks``) and turns Python-number step counters into
+      tensors, so that ``torch.optim`` state dicts load.
+
+    Subclasses set ``_group_fallbacks`` (extra keys and their defaults),
+    optionally ``_supports_sparse = True``, and implement :meth:`_init_state`
+    and :meth:`_step_group`.
+    """
+
+    _supports_sparse: bool = False
+    _group_fallbacks: dict[str, Any] = {}
+    _fused_supported: bool = False
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        super().__init__(_check_params(params), defaults)
+
+    # -- state dicts ------------------------------------------------------- #
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        name = type(self).__name__
+        for group in self.param_groups:
+            for key, value in {**_COMMON_GROUP_FALLBACKS, **self._group_fallbacks}.items():
+                group.setdefault(key, value)
+            _check_impl_flags(
+                name,
+                foreach=group.get("foreach"),
+                fused=group.get("fused"),
+                differentiable=group.get("differentiable", False),
+                capturable=group.get("capturable", False),
+                fused_supported=self._fused_supported,
+            )
+            for p in group["params"]:
+                p_state = self.state.get(p)
+                if p_state and "step" in p_state and not torch.is_tensor(p_state["step"]):
+                    fused = bool(group.get("fused"))
+                    p_state["step"] = torch.tensor(
+                        float(p_state["step"]),
+                        dtype=_scalar_dtype(fused),
+                        device=p.device if fused else None,
+                    )
+
+    # -- the step ---------------------------------------------------------- #
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimization step; return the closure's loss, if any.
+
+        Args:
+            closure: optional callable that re-evaluates the model and returns
+                the loss. It runs with gradients enabled, before the update.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:  # pragma: no cover
+        """Update the parameters of one param group (implemented by subclasses)."""
+        raise NotImplementedError
+
+    # -- helpers for subclasses -------------------------------------------- #
+    def _gather(
+        self, group: dict[str, Any], *, detect_complex: bool = True
+    ) -> tuple[list[Tensor], list[Tensor], bool, bool]:
+        """The parameters of ``group`` that have a gradient, and their gradients.
+
+        Returns ``(params, grads, has_sparse_grad, has_complex)``. Parameters
+        whose ``.grad`` is None are skipped (their state is not touched).
+        Raises ``RuntimeError`` naming the optimizer on a sparse gradient
+        unless the class sets ``_supports_sparse``. ``detect_complex=False``
+        skips the complex check (``has_complex`` is then False) for updates
+        that need no real view, saving a few microseconds per tensor.
+        """
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        has_sparse = has_complex = False
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                if not self._supports_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients "
+                        "(in this package only SGD and Adagrad do; see also "
+                        "torch.optim.SparseAdam)"
+                    )
+                has_sparse = True
+            if detect_complex and not has_complex:
+                has_complex = p.dtype.is_complex
+            params.append(p)
+            grads.append(g)
+        return params, grads, has_sparse, has_complex
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._fused_checked = False  # new params: check them before a fused step
+
+    def _check_fused_once(self, group: dict[str, Any]) -> None:
+        """For a ``fused`` group, check all fused groups' params once.
+
+        The check (:func:`_check_fused_tensors`) runs at the first fused step
+        and again after :meth:`add_param_group`, not at every step: on many
+        small tensors it would cost a fifth of a fused step.
+        """
+        if group.get("fused") and not getattr(self, "_fused_checked", False):
+            for g in self.param_groups:
+                if g.get("fused"):
+                    _check_fused_tensors(type(self).__name__, g["params"])
+            self._fused_checked = True
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
+        """The state of parameter ``p`` before its first update."""
+        raise NotImplementedError
+
+    def _lazy_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """``self.state[p]``, created by :meth:`_init_state` on first use."""
+        state = self.state[p]
+        if len(state) == 0:
+            state.update(self._init_state(p, group))
+        return state

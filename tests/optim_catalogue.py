@@ -1,0 +1,362 @@
+"""The catalogue of optimizers that drives the parametrized tests.
+
+In the spirit of ``OptimizerInfo`` in ``torch/testing/_internal/common_optimizers.py``:
+one :class:`OptimizerInfo` per optimizer says what class to test, which
+``torch.optim`` class is its reference, which keyword configurations to try,
+what it supports, and how it must fail on bad hyperparameters. Adding an
+optimizer to the package means adding one entry to :data:`CATALOGUE`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import optimizers
+
+
+@dataclass
+class OptimizerInfo:
+    name: str
+    cls: type
+    #: the torch.optim class it must match, or None (no reference in torch)
+    ref_cls: type | None
+    #: sample keyword configurations spanning the options (lr always included)
+    configs: list[dict[str, Any]]
+    #: keys of the per-parameter state (used for sanity checks)
+    state_keys: tuple[str, ...] = ()
+    supports_sparse: bool = False
+    supports_fused: bool = False
+    supports_complex: bool = True
+    #: kwargs for the long runs on Rosenbrock and an ill-conditioned quadratic
+    rosenbrock_kwargs: dict[str, Any] = field(default_factory=dict)
+    quadratic_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: steps of the Rosenbrock run (2000 unless the method is known to be slow there)
+    rosenbrock_steps: int = 2000
+    #: (kwargs, name of the parameter the ValueError must mention)
+    error_inputs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: configuration used by sparse-gradient tests
+    sparse_config: dict[str, Any] = field(default_factory=dict)
+
+    def config_ids(self) -> list[str]:
+        return [_config_id(c) for c in self.configs]
+
+
+def _config_id(kwargs: dict[str, Any]) -> str:
+    if not kwargs:
+        return "default"
+    parts = []
+    for k, v in kwargs.items():
+        if isinstance(v, torch.Tensor):
+            v = f"T{v.item():g}"
+        elif isinstance(v, tuple):
+            v = "/".join(f"{x:g}" for x in v)
+        parts.append(f"{k}={v}")
+    return ",".join(parts)
+
+
+NAN = math.nan
+
+# Errors every optimizer with an lr, weight_decay and eps must raise.
+def _common_errors(has_eps: bool = True, has_wd: bool = True) -> list[tuple[dict, str]]:
+    errs: list[tuple[dict, str]] = [
+        ({"lr": -0.1}, "lr"),
+        ({"lr": NAN}, "lr"),
+        ({"lr": torch.tensor([0.1, 0.2])}, "lr"),
+        ({"lr": "fast"}, "lr"),
+    ]
+    if has_wd:
+        errs += [({"weight_decay": -1e-2}, "weight_decay"), ({"weight_decay": NAN}, "weight_decay")]
+    if has_eps:
+        errs += [({"eps": -1e-8}, "eps"), ({"eps": NAN}, "eps")]
+    return errs
+
+
+def _beta_errors() -> list[tuple[dict, str]]:
+    return [
+        ({"betas": (1.0, 0.999)}, "betas[0]"),
+        ({"betas": (-0.1, 0.999)}, "betas[0]"),
+        ({"betas": (0.9, 1.0)}, "betas[1]"),
+        ({"betas": (0.9, NAN)}, "betas[1]"),
+        ({"betas": (0.9,)}, "betas"),
+    ]
+
+
+CATALOGUE: list[OptimizerInfo] = [
+    OptimizerInfo(
+        name="SGD",
+        cls=optimizers.SGD,
+        ref_cls=torch.optim.SGD,
+        configs=[
+            {"lr": 0.05},
+            {"lr": torch.tensor(0.05)},
+            {"lr": 0.05, "weight_decay": 0.1},
+            {"lr": 0.05, "momentum": 0.9},
+            {"lr": 0.05, "momentum": 0.9, "dampening": 0.5},
+            {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.1},
+            {"lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1},
+            {"lr": 0.05, "momentum": 0.5, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("momentum_buffer",),
+        supports_sparse=True,
+        supports_fused=True,
+        rosenbrock_kwargs={"lr": 1e-3, "momentum": 0.9},
+        quadratic_kwargs={"lr": 1e-2, "momentum": 0.9},
+        error_inputs=_common_errors(has_eps=False)
+        + [
+            ({"momentum": -0.5}, "momentum"),
+            ({"momentum": NAN}, "momentum"),
+            ({"momentum": 0.0, "nesterov": True}, "momentum"),
+            ({"momentum": 0.9, "dampening": 0.1, "nesterov": True}, "dampening"),
+            ({"dampening": NAN}, "dampening"),
+            ({"foreach": True, "fused": True}, "fused"),
+        ],
+        sparse_config={"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0},
+    ),
+    OptimizerInfo(
+        name="Adagrad",
+        cls=optimizers.Adagrad,
+        ref_cls=torch.optim.Adagrad,
+        configs=[
+            {"lr": 0.05},
+            {"lr": torch.tensor(0.05)},
+            {"lr": 0.05, "weight_decay": 0.1},
+            {"lr": 0.05, "lr_decay": 1e-2},
+            {"lr": 0.05, "initial_accumulator_value": 0.1, "eps": 1e-6},
+            {"lr": 0.05, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "sum"),
+        supports_sparse=True,
+        supports_fused=True,
+        rosenbrock_kwargs={"lr": 1.0},
+        quadratic_kwargs={"lr": 0.5},
+        error_inputs=_common_errors()
+        + [
+            ({"lr_decay": -1.0}, "lr_decay"),
+            ({"lr_decay": NAN}, "lr_decay"),
+            ({"initial_accumulator_value": -1.0}, "initial_accumulator_value"),
+        ],
+        sparse_config={"lr": 0.1},
+    ),
+    OptimizerInfo(
+        name="RMSprop",
+        cls=optimizers.RMSprop,
+        ref_cls=torch.optim.RMSprop,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "centered": True},
+            {"lr": 1e-2, "momentum": 0.9},
+            {"lr": 1e-2, "momentum": 0.9, "centered": True, "alpha": 0.9},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.1, "momentum": 0.5},
+        ],
+        state_keys=("step", "square_avg"),
+        rosenbrock_kwargs={"lr": 1e-3, "momentum": 0.9},
+        quadratic_kwargs={"lr": 1e-3, "momentum": 0.9},
+        error_inputs=_common_errors()
+        + [
+            ({"momentum": -0.1}, "momentum"),
+            ({"alpha": -0.1}, "alpha"),
+            ({"alpha": 1.5}, "alpha"),
+            ({"alpha": NAN}, "alpha"),
+        ],
+    ),
+    OptimizerInfo(
+        name="Adadelta",
+        cls=optimizers.Adadelta,
+        ref_cls=torch.optim.Adadelta,
+        configs=[
+            {},
+            {"lr": torch.tensor(1.0)},
+            {"lr": 0.5, "rho": 0.95},
+            {"lr": 1.0, "weight_decay": 0.1},
+            {"lr": 1.0, "eps": 1e-4},
+            {"lr": 1.0, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "square_avg", "acc_delta"),
+        rosenbrock_kwargs={"lr": 0.1},
+        rosenbrock_steps=3000,  # Adadelta crawls along the curved valley
+        quadratic_kwargs={"lr": 0.1},
+        error_inputs=_common_errors()
+        + [({"rho": -0.1}, "rho"), ({"rho": 1.1}, "rho"), ({"rho": NAN}, "rho")],
+    ),
+    OptimizerInfo(
+        name="Adam",
+        cls=optimizers.Adam,
+        ref_cls=torch.optim.Adam,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "amsgrad": True},
+            {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6},
+            {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.1, "amsgrad": True},
+        ],
+        state_keys=("step", "exp_avg", "exp_avg_sq"),
+        supports_fused=True,
+        rosenbrock_kwargs={"lr": 1e-2},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors() + _beta_errors(),
+    ),
+    OptimizerInfo(
+        name="AdamW",
+        cls=optimizers.AdamW,
+        ref_cls=torch.optim.AdamW,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "weight_decay": 0.0},
+            {"lr": 1e-2, "amsgrad": True},
+            {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 0.1},
+            {"lr": 1e-2, "maximize": True, "amsgrad": True},
+        ],
+        state_keys=("step", "exp_avg", "exp_avg_sq"),
+        supports_fused=True,
+        rosenbrock_kwargs={"lr": 1e-2, "weight_decay": 0.0},
+        quadratic_kwargs={"lr": 1e-2, "weight_decay": 0.0},
+        error_inputs=_common_errors() + _beta_errors(),
+    ),
+    OptimizerInfo(
+        name="NAdam",
+        cls=optimizers.NAdam,
+        ref_cls=torch.optim.NAdam,
+        configs=[
+            {},
+            {"lr": torch.tensor(2e-3)},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+            {"lr": 1e-2, "momentum_decay": 1e-2, "betas": (0.8, 0.99)},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "mu_product", "exp_avg", "exp_avg_sq"),
+        rosenbrock_kwargs={"lr": 1e-2},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors()
+        + _beta_errors()
+        + [({"momentum_decay": -1e-3}, "momentum_decay"), ({"momentum_decay": NAN}, "momentum_decay")],
+    ),
+    OptimizerInfo(
+        name="Adamax",
+        cls=optimizers.Adamax,
+        ref_cls=torch.optim.Adamax,
+        configs=[
+            {},
+            {"lr": torch.tensor(2e-3)},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6},
+            {"lr": 1e-2, "maximize": True},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "exp_avg", "exp_inf"),
+        rosenbrock_kwargs={"lr": 1e-1},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors() + _beta_errors(),
+    ),
+]
+
+# LM-Adagrad and its exact reference (no torch.optim counterpart; see tests/test_lm_adagrad.py).
+for _name, _entry in [
+    ("LMAdagrad", lambda: OptimizerInfo(
+        name="LMAdagrad",
+        cls=optimizers.LMAdagrad,
+        ref_cls=None,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "history_size": 3, "weight_decay": 0.1},
+            {"lr": 1e-2, "centered": True},
+            {"lr": 1e-2, "momentum": 0.9},
+            {"lr": 1e-2, "momentum": 0.9, "momentum_mode": "update", "update_norm": "graft"},
+            {"lr": 1e-2, "update_norm": "clip", "concatenate": True, "weight_decay": 0.1,
+             "decoupled_weight_decay": True},
+            {"lr": 1e-2, "history_size": 4, "momentum": 0.5, "update_norm": "clip",
+             "concatenate": True, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "history"),
+        supports_complex=True,
+        rosenbrock_kwargs={"lr": 1e-2},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors()
+        + [
+            ({"history_size": 0}, "history_size"),
+            ({"history_size": 2.5}, "history_size"),
+            ({"history_size": True}, "history_size"),
+            ({"momentum": 1.0}, "momentum"),
+            ({"momentum": -0.1}, "momentum"),
+            ({"momentum_mode": "nesterov"}, "momentum_mode"),
+            ({"update_norm": "scale"}, "update_norm"),
+            ({"update_norm_beta": 1.0}, "update_norm_beta"),
+            ({"centered": "yes"}, "centered"),
+            ({"concatenate": 1}, "concatenate"),
+        ],
+    )),
+    ("FullMatrixAdagrad", lambda: OptimizerInfo(
+        name="FullMatrixAdagrad",
+        cls=optimizers.FullMatrixAdagrad,
+        ref_cls=None,
+        configs=[
+            {"lr": 0.1},
+            {"lr": torch.tensor(0.1)},
+            {"lr": 0.1, "history_size": 3},
+            {"lr": 0.1, "weight_decay": 0.1, "eps": 1e-4},
+            {"lr": 0.1, "history_size": 5, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step",),
+        rosenbrock_kwargs={"lr": 0.3},
+        quadratic_kwargs={"lr": 0.3},
+        error_inputs=_common_errors()
+        + [({"history_size": 0}, "history_size"), ({"history_size": 1.5}, "history_size")],
+    )),
+]:
+    if hasattr(optimizers, _name):
+        CATALOGUE.append(_entry())
+
+if hasattr(optimizers, "A2Grad"):
+    CATALOGUE.append(OptimizerInfo(
+        name="A2Grad",
+        cls=optimizers.A2Grad,
+        ref_cls=None,  # no torch.optim reference; parity with torch_optimizer in tests/test_a2grad.py
+        configs=[
+            {"lr": 1.0},
+            {"lr": torch.tensor(1.0)},
+            {"lr": 1.0, "variant": "inc"},
+            {"lr": 1.0, "variant": "exp", "rho": 0.9},
+            {"lr": 1.0, "per_coordinate": False},
+            {"lr": 1.0, "variant": "exp", "per_coordinate": False, "beta": 1.0, "lips": 5.0},
+            {"lr": 0.5, "variant": "inc", "per_coordinate": False, "weight_decay": 0.1},
+            {"lr": 1.0, "variant": "exp", "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "grad_avg", "x", "v"),
+        rosenbrock_kwargs={"lips": 1000.0, "beta": 0.1},
+        quadratic_kwargs={"lips": 100.0, "beta": 0.1},
+        error_inputs=_common_errors(has_eps=False)
+        + [
+            ({"beta": -1.0}, "beta"),
+            ({"beta": NAN}, "beta"),
+            ({"lips": 0.0}, "lips"),
+            ({"lips": -10.0}, "lips"),
+            ({"lips": NAN}, "lips"),
+            ({"rho": -0.1}, "rho"),
+            ({"rho": 1.5}, "rho"),
+            ({"rho": NAN}, "rho"),
+            ({"variant": "adam"}, "variant"),
+            ({"per_coordinate": "yes"}, "per_coordinate"),
+            ({"fused": True}, "fused"),
+        ],
+    ))
+
+BY_NAME = {info.name: info for info in CATALOGUE}
+
+
+def all_configs() -> list[tuple[OptimizerInfo, dict[str, Any]]]:
+    """Every (optimizer, configuration) pair, for parametrization."""
+    return [(info, cfg) for info in CATALOGUE for cfg in info.configs]
+
+
+def all_config_ids() -> list[str]:
+    return [f"{info.name}-{_config_id(cfg)}" for info, cfg in all_configs()]
