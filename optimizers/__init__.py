@@ -30,6 +30,7 @@ from .adamax import Adamax
 from .nadam import NAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
+from .a2grad import A2Grad
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = [
     "AdamW",
     "NAdam",
     "Adamax",
+    "A2Grad",
     "OptimizerBase",
     "InvalidParamsError",
     "__version__",
