@@ -30,6 +30,7 @@ from .adamax import Adamax
 from .nadam import NAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
+from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
 from .a2grad import A2Grad
 
 __version__ = "0.1.0"
@@ -43,6 +44,8 @@ __all__ = [
     "AdamW",
     "NAdam",
     "Adamax",
+    "LMAdagrad",
+    "FullMatrixAdagrad",
     "A2Grad",
     "OptimizerBase",
     "InvalidParamsError",

@@ -1,0 +1,860 @@
+r"""Limited-memory full-matrix AdaGrad (LM-Adagrad) and exact full-matrix AdaGrad.
+
+:class:`LMAdagrad` whitens each gradient with the last :math:`k` gradients;
+:class:`FullMatrixAdagrad` is the exact, :math:`O(d^2)`-memory method it
+approximates (for small :math:`d`: the reference of the book and the tests).
+:func:`lm_adagrad` is their functional core.
+
+The whitening is computed from the :math:`k\times k` Gram matrix of the history
+(never from a :math:`d\times d` matrix, and without an SVD of the
+:math:`d\times k` history). Chapter 10 of the book derives every line.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import (
+    OptimizerBase,
+    _as_float,
+    _check_impl_flags,
+    _check_lr,
+    _check_nonnegative,
+    _check_range,
+    _group_by_device_and_dtype,
+    _increment_steps,
+    _new_step,
+    _real,
+    _resolve_impl,
+)
+
+__all__ = ["LMAdagrad", "FullMatrixAdagrad", "lm_adagrad"]
+
+#: eigenvalues of the (float64) Gram matrix below ``_RTOL_FACTOR * n * eps(float64) * trace(M^T M)``
+#: are treated as zero.
+_RTOL_FACTOR = 10.0
+
+_MOMENTUM_MODES = ("gradient", "update")
+_UPDATE_NORMS = (None, "clip", "graft")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"Invalid {name}: {value!r} (must be True or False)")
+
+
+def _check_history_size(value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"Invalid history_size: {value!r} (must be an int >= 1{extra})")
+
+
+def _check_no_differentiable(name: str, differentiable: bool) -> None:
+    if differentiable:
+        raise ValueError(
+            f"Invalid differentiable: True (must be False: differentiating through the step "
+            f"is not implemented by optimizers.{name})"
+        )
+
+
+class LMAdagrad(OptimizerBase):
+    r"""Limited-memory full-matrix AdaGrad: whiten the gradient with the last ``k`` gradients.
+
+    For every parameter tensor (flattened to a vector of length :math:`d`),
+    with :math:`\eta` ``lr``, :math:`k` ``history_size`` and :math:`\epsilon`
+    ``eps``, one step with the extras at their defaults does
+
+    .. math::
+
+        M_t &= [g_{t-n+1}, \dots, g_t] \in \mathbb{R}^{d\times n},
+               \qquad n = \min(t, k) \\
+        M_t^\top M_t &= V \Lambda V^\top
+               \qquad (\text{Gram matrix, } n\times n,\ \Lambda = S^2) \\
+        U &= M_t V S^{-1} \qquad (\text{left singular vectors of } M_t) \\
+        u_t &= U\,(S^2 + \epsilon)^{-1/2}\,U^\top g_t
+             = M_t V\,\mathrm{diag}\bigl(\lambda_i^{-1}(\lambda_i+\epsilon)^{-1/2}\bigr)\,V^\top M_t^\top g_t \\
+        \theta_t &= \theta_{t-1} - \eta\, u_t
+
+    which is the algorithm of the "LM-Adagrad" note: ``w -= lr * U S^-1 U^T g``
+    with the regularised singular values :math:`\sqrt{S^2+\epsilon}`. Without
+    centering it equals full-matrix AdaGrad restricted to the window,
+    :math:`(M_tM_t^\top + \epsilon I)^{-1/2} g_t` (see
+    :class:`FullMatrixAdagrad` with the same ``history_size``), because
+    :math:`g_t` lies in the span of the window.
+
+    Conventions:
+
+    * **Gram route.** :math:`U` and :math:`S` come from the eigendecomposition
+      of the :math:`n\times n` Gram matrix, not from an SVD of the
+      :math:`d\times n` history: :math:`O(dk + k^3)` work per step (only
+      the new gradient's row of the Gram matrix is computed), no special SVD
+      driver, identical code on CPU and CUDA. The Gram matrix, :math:`M^\top v`
+      and :math:`M a` are accumulated in float64 whatever the parameters' dtype
+      (products of float32 numbers are exact in float64; a float32 Gram matrix
+      would lose the small eigenvalues), and the :math:`n\times n`
+      eigenproblem is solved on the CPU in float64. Eigenvalues below
+      ``10 * n * finfo(float64).eps * trace(M^T M)`` are treated as zero: their
+      directions are dropped, as a pseudo-inverse drops tiny singular values.
+      This makes degenerate histories (repeated or zero gradients,
+      :math:`d < k`) well defined.
+    * **Centering** (``centered=True``) subtracts the mean of the window's
+      columns from each column (ZCA whitening). The centred window has rank
+      at most :math:`n-1` and :math:`g_t` leaves its span; the component of
+      :math:`g_t` outside it (mostly the mean gradient) is **dropped**, so the
+      first step, and any step with a constant gradient, does not move.
+    * **Momentum** (``momentum`` :math:`\beta`, an Adam-like bias-corrected
+      EMA :math:`m_t = \beta m_{t-1} + (1-\beta) x_t`, :math:`\hat m_t =
+      m_t/(1-\beta^t)`): ``momentum_mode="gradient"`` averages the gradients
+      and whitens :math:`\hat m_t` (the history still holds raw gradients);
+      ``"update"`` whitens :math:`g_t` and averages the updates (LaProp-like).
+    * **Update norm** (``update_norm``): with :math:`r_t = \gamma r_{t-1} +
+      (1-\gamma)\lVert u_t\rVert` the EMA of the unclipped update norms
+      (:math:`r_1 = \lVert u_1\rVert`, :math:`\gamma` ``update_norm_beta``),
+      ``"clip"`` rescales :math:`u_t` to norm at most :math:`r_{t-1}` and
+      ``"graft"`` to norm exactly :math:`r_{t-1}` (from step 2 on). It acts on
+      the whitened direction, before update momentum.
+    * **Weight decay**: coupled (``decoupled_weight_decay=False``,
+      :math:`g_t + \lambda\theta_{t-1}` enters the history) or decoupled
+      (:math:`\theta \leftarrow \theta(1-\eta\lambda)`, as AdamW).
+    * **Concatenation** (``concatenate=True``): all parameters of a param
+      group with a gradient form one vector (interactions between layers are
+      whitened too); by default each tensor is whitened on its own.
+    * Complex parameters are treated as real vectors of twice the length.
+
+    Memory: the history, :math:`k` floats per parameter element (in the
+    parameter's dtype), plus one more with momentum.
+
+    State per parameter: ``step`` (0-dim CPU tensor, the number of gradients
+    seen), ``history`` (ring buffer of shape ``(k, *p.shape)``; slot
+    ``(step - 1) % k`` holds the newest gradient), ``gram`` (float64
+    ``(k, k)``, the Gram matrix of the slots, one row refreshed per step so
+    that the :math:`d`-dimensional work is :math:`O(dk)`), ``momentum_buffer`` (with
+    momentum) and ``update_norm_avg`` (0-dim, with ``update_norm``).
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate :math:`\eta \ge 0` (default: 1e-2).
+        history_size: window length :math:`k \ge 1` (default: 10).
+        eps: :math:`\epsilon \ge 0`, added to the squared singular values (default: 1e-6).
+        centered: centre the window before whitening (default: False).
+        weight_decay: :math:`\lambda \ge 0` (default: 0).
+        momentum: :math:`\beta \in [0, 1)` (default: 0).
+        momentum_mode: ``"gradient"`` (Adam-like) or ``"update"`` (LaProp-like).
+        update_norm: ``None``, ``"clip"`` or ``"graft"`` (default: None).
+        update_norm_beta: :math:`\gamma \in [0, 1)` (default: 0.9).
+        decoupled_weight_decay: AdamW-style decay (default: False).
+        concatenate: whiten all parameters of a group as one vector (default: False).
+        maximize: maximize the objective (default: False).
+        foreach: ``True`` moves the small eigenproblems of all parameters to
+            the host in one transfer and uses ``torch._foreach_*`` for the
+            element-wise work (default: None = True for plain CPU/CUDA tensors).
+            The :math:`k\times k` problems are always solved on the CPU in float64.
+        differentiable, fused: not supported (must be False / None).
+
+    References:
+        Duchi, Hazan & Singer (2011), full-matrix AdaGrad; Agarwal et al. (2019),
+        GGT; Kessy, Lewin & Strimmer (2018), ZCA whitening; Ziyin et al. (2020), LaProp.
+
+    Example:
+        >>> model = torch.nn.Linear(3, 2)
+        >>> opt = LMAdagrad(model.parameters(), lr=0.1, history_size=5)
+        >>> model(torch.ones(4, 3)).sum().backward()
+        >>> opt.step()
+    """
+
+    _group_fallbacks = {
+        "centered": False,
+        "momentum": 0.0,
+        "momentum_mode": "gradient",
+        "update_norm": None,
+        "update_norm_beta": 0.9,
+        "decoupled_weight_decay": False,
+        "concatenate": False,
+        "fused": None,
+    }
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        history_size: int = 10,
+        eps: float = 1e-6,
+        centered: bool = False,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        *,
+        momentum_mode: str = "gradient",
+        update_norm: str | None = None,
+        update_norm_beta: float = 0.9,
+        decoupled_weight_decay: bool = False,
+        concatenate: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        _check_lr(lr)
+        _check_history_size(history_size)
+        _check_nonnegative("eps", eps)
+        _check_flag("centered", centered)
+        _check_nonnegative("weight_decay", weight_decay)
+        _check_range("momentum", momentum, 0.0, 1.0, hi_closed=False)
+        if momentum_mode not in _MOMENTUM_MODES:
+            raise ValueError(
+                f"Invalid momentum_mode: {momentum_mode!r} (must be 'gradient' or 'update')"
+            )
+        if update_norm not in _UPDATE_NORMS:
+            raise ValueError(
+                f"Invalid update_norm: {update_norm!r} (must be None, 'clip' or 'graft')"
+            )
+        _check_range("update_norm_beta", update_norm_beta, 0.0, 1.0, hi_closed=False)
+        _check_flag("decoupled_weight_decay", decoupled_weight_decay)
+        _check_flag("concatenate", concatenate)
+        _check_no_differentiable("LMAdagrad", differentiable)
+        _check_impl_flags("LMAdagrad", foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            history_size=int(history_size),
+            eps=eps,
+            centered=centered,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            momentum_mode=momentum_mode,
+            update_norm=update_norm,
+            update_norm_beta=update_norm_beta,
+            decoupled_weight_decay=decoupled_weight_decay,
+            concatenate=concatenate,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "step": _new_step(),
+            "history": torch.zeros((group["history_size"], *p.shape), dtype=p.dtype, device=p.device),
+            # Gram matrix of the ring buffer's slots, kept up to date one row per step
+            "gram": torch.zeros((group["history_size"],) * 2, dtype=torch.float64, device=p.device),
+        }
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if group["update_norm"] is not None:
+            state["update_norm_avg"] = torch.zeros((), dtype=_real(p).dtype, device=p.device)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.load_state_dict`, keeping ``gram`` in float64.
+
+        torch casts every floating-point state tensor to its parameter's dtype;
+        the Gram matrix must stay float64 (its small eigenvalues are the
+        information), so it is set aside and restored after loading.
+        """
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        grams = {
+            p: state_dict["state"][i]["gram"]
+            for i, p in zip(saved_ids, params)
+            if i in state_dict["state"] and "gram" in state_dict["state"][i]
+        }
+        super().load_state_dict(state_dict)
+        for p, gram in grams.items():
+            self.state[p]["gram"] = gram.to(device=p.device, dtype=torch.float64, copy=True)
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params, grads, _, _ = self._gather(group)
+        if not params:
+            return
+        states = [self._lazy_state(p, group) for p in params]
+        for p, s in zip(params, states):  # options switched on after the state was created
+            if group["momentum"] != 0 and "momentum_buffer" not in s:
+                s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["update_norm"] is not None and "update_norm_avg" not in s:
+                s["update_norm_avg"] = torch.zeros((), dtype=_real(p).dtype, device=p.device)
+        lm_adagrad(
+            params,
+            grads,
+            [s["history"] for s in states],
+            [s["step"] for s in states],
+            [s.get("momentum_buffer") for s in states],
+            [s.get("update_norm_avg") for s in states],
+            grams=[s["gram"] for s in states],
+            lr=group["lr"],
+            eps=group["eps"],
+            centered=group["centered"],
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            momentum_mode=group["momentum_mode"],
+            update_norm=group["update_norm"],
+            update_norm_beta=group["update_norm_beta"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
+            concatenate=group["concatenate"],
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+        )
+
+
+class FullMatrixAdagrad(OptimizerBase):
+    r"""Exact full-matrix AdaGrad, for small parameter tensors (the reference for :class:`LMAdagrad`).
+
+    For every parameter tensor flattened to length :math:`d`:
+
+    .. math::
+
+        A_t &= \sum_{s \in W_t} g_s g_s^\top \qquad (d\times d) \\
+        \theta_t &= \theta_{t-1} - \eta\,(A_t + \epsilon I)^{-1/2} g_t
+
+    where :math:`W_t` is every step so far (``history_size=None``, Duchi et
+    al. 2011) or the last :math:`k` steps (``history_size=k``, the matrix that
+    :class:`LMAdagrad` whitens with). The inverse square root comes from a
+    float64 eigendecomposition of :math:`A_t`: :math:`O(d^2)` memory and
+    :math:`O(d^3)` work per step. With ``eps=0`` zero eigenvalues are dropped
+    (pseudo-inverse) instead of giving infinities.
+
+    State per parameter: ``step``, and ``sum`` (:math:`A_t`, shape ``(d, d)``)
+    or ``history`` (``(k, *p.shape)``, as in :class:`LMAdagrad`).
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate :math:`\eta \ge 0` (default: 1e-2).
+        eps: :math:`\epsilon \ge 0` (default: 1e-6).
+        history_size: ``None`` (all steps) or a window :math:`k \ge 1` (default: None).
+        weight_decay: coupled L2 penalty :math:`\lambda \ge 0` (default: 0).
+        maximize, foreach: as in :class:`LMAdagrad`.
+        differentiable, fused: not supported.
+    """
+
+    _group_fallbacks = {"history_size": None, "fused": None}
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        eps: float = 1e-6,
+        history_size: int | None = None,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        _check_lr(lr)
+        _check_nonnegative("eps", eps)
+        _check_history_size(history_size, allow_none=True)
+        _check_nonnegative("weight_decay", weight_decay)
+        _check_no_differentiable("FullMatrixAdagrad", differentiable)
+        _check_impl_flags("FullMatrixAdagrad", foreach=foreach, fused=fused)
+        defaults = dict(
+            lr=lr,
+            eps=eps,
+            history_size=None if history_size is None else int(history_size),
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        k = group["history_size"]
+        if k is None:
+            d = _real(p).numel()
+            return {"step": _new_step(), "sum": torch.zeros((d, d), dtype=_real(p).dtype, device=p.device)}
+        return {"step": _new_step(), "history": torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device)}
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params, grads, _, _ = self._gather(group)
+        if not params:
+            return
+        states = [self._lazy_state(p, group) for p in params]
+        windowed = group["history_size"] is not None
+        lm_adagrad(
+            params,
+            grads,
+            [s["history" if windowed else "sum"] for s in states],
+            [s["step"] for s in states],
+            [None] * len(params),
+            [None] * len(params),
+            lr=group["lr"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+            exact=True,
+            accumulate=not windowed,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# The functional core                                                          #
+# --------------------------------------------------------------------------- #
+
+
+def lm_adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    histories: list[Tensor],
+    state_steps: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    update_norm_avgs: list[Tensor | None],
+    *,
+    lr: float | Tensor = 1e-2,
+    eps: float = 1e-6,
+    centered: bool = False,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    momentum_mode: str = "gradient",
+    update_norm: str | None = None,
+    update_norm_beta: float = 0.9,
+    decoupled_weight_decay: bool = False,
+    concatenate: bool = False,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    grams: list[Tensor] | None = None,
+    exact: bool = False,
+    accumulate: bool = False,
+) -> None:
+    r"""Functional LM-Adagrad: update ``params`` and the state lists in place.
+
+    See :class:`LMAdagrad` for the equations. ``histories`` are ring buffers of
+    shape ``(k, *p.shape)``; ``state_steps`` count the gradients seen.
+    ``grams`` are the float64 ``(k, k)`` Gram matrices of the ring buffers
+    (required unless ``exact``); one row and column is refreshed per step.
+    ``exact=True`` replaces the windowed whitening by the exact
+    :math:`(A+\epsilon I)^{-1/2} g` of :class:`FullMatrixAdagrad`; with
+    ``accumulate=True`` the ``histories`` entries are then the running sums
+    :math:`A` of shape ``(d, d)``.
+    """
+    if exact and (centered or momentum != 0 or update_norm is not None or concatenate):
+        raise ValueError("exact=True supports no centering, momentum, update_norm or concatenate")
+    if not exact and grams is None:
+        raise ValueError("grams (the (k, k) float64 Gram matrices of the histories) are required")
+    impl = _resolve_impl(params, foreach)
+    func = _multi_tensor_lm_adagrad if impl == "foreach" else _single_tensor_lm_adagrad
+    func(
+        params,
+        grads,
+        histories,
+        state_steps,
+        momentum_buffers,
+        update_norm_avgs,
+        grams if grams is not None else [None] * len(params),
+        lr=_as_float(lr),
+        eps=float(eps),
+        centered=centered,
+        weight_decay=_as_float(weight_decay),
+        momentum=float(momentum),
+        momentum_mode=momentum_mode,
+        update_norm=update_norm,
+        update_norm_beta=float(update_norm_beta),
+        decoupled_weight_decay=decoupled_weight_decay,
+        concatenate=concatenate,
+        maximize=maximize,
+        exact=exact,
+        accumulate=accumulate,
+    )
+
+
+def _whitening_coefficients(G: Tensor, c: Tensor, eps: float, centered: bool, rtol: Tensor) -> Tensor:
+    r"""Solve the small problem: coefficients :math:`a` with :math:`u = M a`.
+
+    ``G`` (..., n, n) is the Gram matrix :math:`M^\top M` and ``c`` (..., n) is
+    :math:`M^\top v` (float64). With :math:`V\Lambda V^\top` the
+    eigendecomposition of the (centred) Gram matrix,
+    :math:`a = V\,\mathrm{diag}(\lambda^{-1}(\lambda+\epsilon)^{-1/2})\,V^\top c`,
+    directions with :math:`\lambda_i \le \mathrm{rtol}\cdot\mathrm{tr}(M^\top M)` dropped.
+    Centering multiplies by :math:`C = I - \mathbf{1}\mathbf{1}^\top/n` on both sides.
+    """
+    n = G.shape[-1]
+    # the cut-off is relative to the scale of the uncentred window, trace(M^T M):
+    # round-off in the centred Gram matrix is relative to that scale, not to its own
+    scale = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1, keepdim=True).clamp(min=0)
+    if centered:
+        C = torch.eye(n, dtype=G.dtype, device=G.device) - 1.0 / n
+        G = C @ G @ C
+        c = (C @ c.unsqueeze(-1)).squeeze(-1)
+    lam, V = torch.linalg.eigh(G)  # ascending eigenvalues
+    keep = lam > rtol.unsqueeze(-1) * scale
+    lam_safe = torch.where(keep, lam, torch.ones_like(lam))
+    w = torch.where(keep, 1.0 / (lam_safe * torch.sqrt(lam_safe + eps)), torch.zeros_like(lam))
+    a = (V @ (w * (V.transpose(-1, -2) @ c.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+    if centered:
+        a = (C @ a.unsqueeze(-1)).squeeze(-1)
+    return a
+
+
+def _solve_small(Gs: list[Tensor], cs: list[Tensor], rtols: list[float], eps: float,
+                 centered: bool) -> list[Tensor]:
+    """Whitening coefficients for several blocks with one device-to-host transfer.
+
+    The n x n problems are tiny, so they are solved on the CPU in float64, one
+    LAPACK call each, whatever the parameters' device: one synchronisation per
+    call of this function (none on CPU), and the same numbers on CPU and CUDA
+    and in the single- and multi-tensor paths.
+    """
+    device = Gs[0].device
+    sizes = [G.shape[-1] for G in Gs]
+    flat = torch.cat([torch.cat([G.reshape(-1), c]) for G, c in zip(Gs, cs)]).cpu()
+    out, pos = [], 0
+    for n, rtol in zip(sizes, rtols):
+        G = flat[pos:pos + n * n].reshape(1, n, n)
+        c = flat[pos + n * n:pos + n * n + n].reshape(1, n)
+        pos += n * n + n
+        rt = torch.full((1,), rtol, dtype=torch.float64)
+        out.append(_whitening_coefficients(G, c, eps, centered, rt)[0])
+    if device.type == "cpu":
+        return out
+    back = torch.cat(out).to(device, non_blocking=True)
+    return list(torch.split(back, sizes))
+
+
+def _exact_direction(A: Tensor, v: Tensor, eps: float) -> Tensor:
+    r""":math:`(A + \epsilon I)^{-1/2} v` from a float64 eigendecomposition of the d x d matrix ``A``."""
+    mu, Q = torch.linalg.eigh(A.to(torch.float64))
+    mu = mu.clamp(min=0)
+    if eps > 0:
+        w = 1.0 / torch.sqrt(mu + eps)
+    else:  # pseudo-inverse square root
+        keep = mu > _RTOL_FACTOR * mu.numel() * torch.finfo(torch.float64).eps * mu[-1]
+        w = torch.where(keep, 1.0 / torch.sqrt(torch.where(keep, mu, torch.ones_like(mu))), torch.zeros_like(mu))
+    return (Q @ (w * (Q.T @ v.to(torch.float64)))).to(v.dtype)
+
+
+def _blocks(n_params: int, concatenate: bool, counts: list[int] | None = None) -> list[list[int]]:
+    """Indices of the parameters whitened together.
+
+    With ``concatenate`` the slots of all histories must hold the same steps,
+    so every parameter must have seen the same number of gradients.
+    """
+    if not concatenate:
+        return [[i] for i in range(n_params)]
+    if counts is not None and len(set(counts)) > 1:
+        raise RuntimeError(
+            "LMAdagrad(concatenate=True) needs every parameter of a group to get a gradient at "
+            f"every step, but their step counts differ ({sorted(set(counts))}); use "
+            "concatenate=False or put parameters that are sometimes frozen in another group"
+        )
+    return [list(range(n_params))]
+
+
+def _flat(t: Tensor) -> Tensor:
+    return _real(t).reshape(-1)
+
+
+def _flat_history(h: Tensor, n: int) -> Tensor:
+    """The first ``n`` slots of a ring buffer, real, as an (n, d) matrix."""
+    return _real(h[:n]).reshape(n, -1)
+
+
+def _insert(histories: list[Tensor], grads: list[Tensor], counts: list[int], accumulate: bool) -> None:
+    """Put ``g_t`` into slot ``count % k`` of each ring buffer (or add ``g g^T`` to ``A``)."""
+    for h, g, c in zip(histories, grads, counts):
+        if accumulate:
+            gf = _flat(g)
+            h.addr_(gf, gf)  # A_t = A_{t-1} + g_t g_t^T
+        else:
+            h[c % h.shape[0]].copy_(g)
+
+
+#: columns of a low-precision window converted to float64 at a time: small
+#: enough for the CPU cache, which makes the conversion nearly free; on other
+#: devices larger chunks (fewer kernel launches) are used
+_CHUNK = 1 << 14
+_CHUNK_ACCELERATOR = 1 << 20
+
+
+def _chunk(device: torch.device) -> int:
+    return _CHUNK if device.type == "cpu" else _CHUNK_ACCELERATOR
+
+
+def _matvec64(M: Tensor, x: Tensor) -> Tensor:
+    """``M @ x`` for an (n, d) window, accumulated in float64.
+
+    Products of two float32 (or bfloat16) numbers are exact in float64, so the
+    Gram matrix of a low-precision window keeps its small eigenvalues (a
+    float32 Gram matrix loses those below about 1e-7 of the largest). Windows
+    that are not float64 are converted ``_CHUNK`` columns at a time into a
+    reused buffer.
+    """
+    if M.dtype == torch.float64:
+        return M @ x.to(torch.float64)
+    n, d = M.shape
+    chunk = _chunk(M.device)
+    out = torch.zeros(n, dtype=torch.float64, device=M.device)
+    Mb = torch.empty((n, min(d, chunk)), dtype=torch.float64, device=M.device)
+    xb = torch.empty(min(d, chunk), dtype=torch.float64, device=M.device)
+    for lo in range(0, d, chunk):
+        w = min(chunk, d - lo)
+        Mb[:, :w].copy_(M[:, lo:lo + w])
+        xb[:w].copy_(x[lo:lo + w])
+        out.addmv_(Mb[:, :w], xb[:w])
+    return out
+
+
+def _gram_and_rhs(histories: list[Tensor], grams: list[Tensor], gs: list[Tensor], vs: list[Tensor],
+                  slot: int, n: int) -> tuple[Tensor, Tensor]:
+    r"""Refresh row and column ``slot`` of each Gram matrix; return the block's
+    ``G = sum_i M_i^T M_i`` and ``c = sum_i M_i^T v_i`` (float64).
+
+    The new gradient only changes the entries that involve its slot:
+    :math:`G_{j,\text{slot}} = G_{\text{slot},j} = g_j^\top g_t`, one product
+    :math:`M^\top g_t` (:math:`O(dk)`), which is also :math:`c` when the
+    whitened vector is :math:`g_t` itself.
+    """
+    G = c = None
+    for h, gram, g, v in zip(histories, grams, gs, vs):
+        M = _flat_history(h, n)
+        row = _matvec64(M, _flat(g))  # g_j^T g_t for the n active slots
+        gram[slot, :n] = row
+        gram[:n, slot] = row
+        ci = row if v is g else _matvec64(M, _flat(v))
+        G = gram[:n, :n].clone() if G is None else G + gram[:n, :n]
+        c = ci if c is None else c + ci
+    return G, c
+
+
+def _combine(histories: list[Tensor], a: Tensor, n: int, like: list[Tensor]) -> list[Tensor]:
+    """``u_i = M_i a`` accumulated in float64 (the coefficients may cancel),
+    stored in the parameter's dtype."""
+    out = []
+    a = a.to(torch.float64)
+    for h, p in zip(histories, like):
+        M = _flat_history(h, n)
+        if M.dtype == torch.float64:
+            u = a @ M
+        else:
+            d = M.shape[1]
+            chunk = _chunk(M.device)
+            u = torch.empty(d, dtype=M.dtype, device=M.device)
+            Mb = torch.empty((n, min(d, chunk)), dtype=torch.float64, device=M.device)
+            for lo in range(0, d, chunk):
+                w = min(chunk, d - lo)
+                Mb[:, :w].copy_(M[:, lo:lo + w])
+                u[lo:lo + w].copy_(a @ Mb[:, :w])
+        out.append(u.reshape(_real(p).shape))
+    return out
+
+
+def _rtol(histories: list[Tensor], n: int) -> float:
+    """Relative eigenvalue cut-off for a window of ``n`` gradients (float64 Gram matrix)."""
+    return _RTOL_FACTOR * n * torch.finfo(torch.float64).eps
+
+
+def _block_norm(us: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """Euclidean norm of the concatenation of ``us`` (a 0-dim tensor, no sync)."""
+    norms = [torch.linalg.vector_norm(u).to(dtype) for u in us]
+    return norms[0] if len(norms) == 1 else torch.sqrt(sum(x * x for x in norms))
+
+
+def _norm_scale(u_norm: Tensor, avg: Tensor, first: bool, mode: str, beta: float) -> Tensor:
+    """Scale factor for the update norm, and the EMA update of ``avg`` (in place)."""
+    if first:
+        scale = torch.ones_like(u_norm)
+        avg.copy_(u_norm)  # r_1 = ||u_1||
+        return scale
+    ratio = torch.where(u_norm > 0, avg / torch.where(u_norm > 0, u_norm, torch.ones_like(u_norm)),
+                        torch.ones_like(u_norm))
+    scale = ratio.clamp(max=1.0) if mode == "clip" else ratio
+    avg.mul_(beta).add_(u_norm, alpha=1 - beta)  # r_t = gamma r_{t-1} + (1 - gamma) ||u_t||
+    return scale
+
+
+def _single_tensor_lm_adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    histories: list[Tensor],
+    state_steps: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    update_norm_avgs: list[Tensor | None],
+    grams: list[Tensor | None],
+    *,
+    lr: float,
+    eps: float,
+    centered: bool,
+    weight_decay: float,
+    momentum: float,
+    momentum_mode: str,
+    update_norm: str | None,
+    update_norm_beta: float,
+    decoupled_weight_decay: bool,
+    concatenate: bool,
+    maximize: bool,
+    exact: bool,
+    accumulate: bool,
+) -> None:
+    if concatenate and len({p.device for p in params}) > 1:
+        raise RuntimeError("LMAdagrad(concatenate=True) needs all parameters of a group on one device")
+    gs = []
+    for theta, g in zip(params, grads):
+        g = -g if maximize else g
+        if weight_decay != 0 and not decoupled_weight_decay:
+            g = g.add(theta, alpha=weight_decay)  # coupled: g_t + lambda theta_{t-1}
+        gs.append(g)
+    counts = [int(s.item()) for s in state_steps]  # CPU counters: no device sync
+    _insert(histories, gs, counts, accumulate)
+    for s in state_steps:
+        s += 1
+    for block in _blocks(len(params), concatenate, counts):
+        t = counts[block[0]] + 1
+        hs = [histories[i] for i in block]
+        # the vector to whiten: g_t, or the bias-corrected gradient average
+        vs = []
+        for i in block:
+            v = gs[i]
+            if momentum != 0 and momentum_mode == "gradient":
+                m = momentum_buffers[i]
+                m.mul_(momentum).add_(v, alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
+                v = m / (1 - momentum**t)
+            vs.append(v)
+        if exact:
+            us = []
+            for i, h, v in zip(block, hs, vs):
+                if accumulate:
+                    A = h
+                else:
+                    M = _flat_history(h, min(t, h.shape[0])).to(torch.float64)
+                    A = M.T @ M  # A_t = M M^T in column convention
+                us.append(_exact_direction(A, _flat(v), eps).reshape(_real(params[i]).shape))
+        else:
+            n = min(t, hs[0].shape[0])
+            G, c = _gram_and_rhs(hs, [grams[i] for i in block], [gs[i] for i in block], vs,
+                                 counts[block[0]] % hs[0].shape[0], n)
+            (a,) = _solve_small([G], [c], [_rtol(hs, n)], eps, centered)
+            us = _combine(hs, a, n, [params[i] for i in block])
+        if update_norm is not None:
+            avg = update_norm_avgs[block[0]]
+            u_norm = _block_norm(us, avg.dtype)
+            scale = _norm_scale(u_norm, avg, t == 1, update_norm, update_norm_beta)
+            for i in block[1:]:
+                update_norm_avgs[i].copy_(avg)
+            us = [u * scale.to(u.dtype) for u in us]
+        for i, u in zip(block, us):
+            theta = _real(params[i])
+            if momentum != 0 and momentum_mode == "update":
+                m = _real(momentum_buffers[i])
+                m.mul_(momentum).add_(u, alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) u_t
+                u = m / (1 - momentum**t)
+            if weight_decay != 0 and decoupled_weight_decay:
+                theta.mul_(1 - lr * weight_decay)  # decoupled: theta (1 - eta lambda)
+            theta.add_(u, alpha=-lr)  # theta_t = theta_{t-1} - eta u_t
+
+
+def _multi_tensor_lm_adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    histories: list[Tensor],
+    state_steps: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    update_norm_avgs: list[Tensor | None],
+    grams: list[Tensor | None],
+    *,
+    lr: float,
+    eps: float,
+    centered: bool,
+    weight_decay: float,
+    momentum: float,
+    momentum_mode: str,
+    update_norm: str | None,
+    update_norm_beta: float,
+    decoupled_weight_decay: bool,
+    concatenate: bool,
+    maximize: bool,
+    exact: bool,
+    accumulate: bool,
+) -> None:
+    """Same update as the single-tensor path; element-wise work uses
+    ``torch._foreach_*`` and the small eigenproblems of all parameters are
+    moved to the host in one transfer (one synchronisation per step on CUDA)."""
+    if exact:  # the exact reference is for small problems: loop
+        _single_tensor_lm_adagrad(
+            params, grads, histories, state_steps, momentum_buffers, update_norm_avgs, grams,
+            lr=lr, eps=eps, centered=centered, weight_decay=weight_decay, momentum=momentum,
+            momentum_mode=momentum_mode, update_norm=update_norm, update_norm_beta=update_norm_beta,
+            decoupled_weight_decay=decoupled_weight_decay, concatenate=concatenate,
+            maximize=maximize, exact=exact, accumulate=accumulate,
+        )
+        return
+    if concatenate and len({p.device for p in params}) > 1:
+        raise RuntimeError("LMAdagrad(concatenate=True) needs all parameters of a group on one device")
+    rp = [_real(p) for p in params]
+    gs = [_real(g) for g in grads]
+    buckets = _group_by_device_and_dtype([rp, gs], with_indices=True)
+    for (p_list, g_list), idx in buckets.values():
+        if maximize:
+            g_list = torch._foreach_neg(g_list)
+        if weight_decay != 0 and not decoupled_weight_decay:
+            g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        for j, g in zip(idx, g_list):
+            gs[j] = g
+    counts = [int(s.item()) for s in state_steps]
+    _insert([_real(h) for h in histories], gs, counts, False)
+    _increment_steps(state_steps)
+
+    blocks = _blocks(len(params), concatenate, counts)
+    ts = [counts[b[0]] + 1 for b in blocks]
+    vs = list(gs)
+    if momentum != 0 and momentum_mode == "gradient":
+        ms = [_real(m) for m in momentum_buffers]
+        for (m_list, g_list), idx in _group_by_device_and_dtype([ms, gs], with_indices=True).values():
+            torch._foreach_mul_(m_list, momentum)
+            torch._foreach_add_(m_list, g_list, alpha=1 - momentum)
+        for b, t in zip(blocks, ts):
+            for i in b:
+                vs[i] = ms[i] / (1 - momentum**t)
+
+    # Gram matrices and right-hand sides; all small problems of a device solved in one go
+    per_device: dict[torch.device, list[int]] = {}
+    Gs, cs, rtols = [], [], []
+    for bi, (b, t) in enumerate(zip(blocks, ts)):
+        hs = [histories[i] for i in b]
+        n = min(t, hs[0].shape[0])
+        G, c = _gram_and_rhs(hs, [grams[i] for i in b], [gs[i] for i in b], [vs[i] for i in b],
+                             counts[b[0]] % hs[0].shape[0], n)
+        Gs.append(G)
+        cs.append(c)
+        rtols.append(_rtol(hs, n))
+        per_device.setdefault(G.device, []).append(bi)
+    coeffs: list[Tensor | None] = [None] * len(blocks)
+    for bis in per_device.values():
+        sol = _solve_small([Gs[bi] for bi in bis], [cs[bi] for bi in bis], [rtols[bi] for bi in bis],
+                           eps, centered)
+        for bi, a in zip(bis, sol):
+            coeffs[bi] = a
+    us: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    for b, t, a in zip(blocks, ts, coeffs):
+        n = min(t, histories[b[0]].shape[0])
+        for i, u in zip(b, _combine([histories[i] for i in b], a, n, [params[i] for i in b])):
+            us[i] = u
+
+    if update_norm is not None:
+        for b, t in zip(blocks, ts):
+            avg = update_norm_avgs[b[0]]
+            u_norm = _block_norm([us[i] for i in b], avg.dtype)
+            scale = _norm_scale(u_norm, avg, t == 1, update_norm, update_norm_beta)
+            for i in b[1:]:
+                update_norm_avgs[i].copy_(avg)
+            for i in b:
+                us[i] = us[i] * scale.to(us[i].dtype)
+
+    if momentum != 0 and momentum_mode == "update":
+        ms = [_real(m) for m in momentum_buffers]
+        for (m_list, u_list), idx in _group_by_device_and_dtype([ms, us], with_indices=True).values():
+            torch._foreach_mul_(m_list, momentum)
+            torch._foreach_add_(m_list, u_list, alpha=1 - momentum)
+        for b, t in zip(blocks, ts):
+            for i in b:
+                us[i] = ms[i] / (1 - momentum**t)
+
+    for (p_list, u_list), idx in _group_by_device_and_dtype([rp, us], with_indices=True).values():
+        if weight_decay != 0 and decoupled_weight_decay:
+            torch._foreach_mul_(p_list, 1 - lr * weight_decay)
+        torch._foreach_add_(p_list, u_list, alpha=-lr)
