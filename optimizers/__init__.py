@@ -31,6 +31,8 @@ from .nadam import NAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
 from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
+from .schedules import warmup_cosine
+from .param_groups import param_groups
 from .a2grad import A2Grad
 
 __version__ = "0.1.0"
@@ -49,5 +51,7 @@ __all__ = [
     "A2Grad",
     "OptimizerBase",
     "InvalidParamsError",
+    "warmup_cosine",
+    "param_groups",
     "__version__",
 ]
