@@ -384,6 +384,24 @@ def _group_by_device_and_dtype(
     return Optimizer._group_tensors_by_device_and_dtype(tensorlists, with_indices)  # type: ignore[return-value]
 
 
+def _foreach_l2_grads(
+    params: list[Tensor], grads: list[Tensor], *, maximize: bool, weight_decay: float
+) -> list[Tensor]:
+    """The gradients a multi-tensor update uses: ``-g`` when maximizing, plus ``weight_decay * p``.
+
+    ``weight_decay`` here is the coupled (L2) penalty; decoupled decay acts on the parameters and
+    is the caller's business. New tensors are returned whenever either term applies, so the
+    caller's ``.grad`` tensors are never modified.
+    """
+    if maximize:
+        grads = torch._foreach_neg(grads)
+        if weight_decay != 0:
+            torch._foreach_add_(grads, params, alpha=weight_decay)  # a fresh list we own
+    elif weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    return grads
+
+
 def _real(t: Tensor) -> Tensor:
     """``t`` viewed as real (a trailing dim of size 2) if it is complex."""
     return torch.view_as_real(t) if torch.is_complex(t) else t

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -427,13 +428,7 @@ def _multi_tensor_a2grad(
             else:
                 _view_as_real_lists(y_list, g_list, gbar_list, x_list)
 
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
-        if weight_decay != 0:
-            if maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, y_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, y_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(y_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
         _increment_steps(step_list)
         # One set of scalars per distinct step count (usually a single one).

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -229,13 +230,7 @@ def _multi_tensor_adadelta(
         if has_complex:
             _view_as_real_lists(p_list, g_list, v_list, u_list)
         _increment_steps(steps)
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
-        if weight_decay != 0:
-            if maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, p_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
         torch._foreach_mul_(v_list, rho)
         torch._foreach_addcmul_(v_list, g_list, g_list, value=1 - rho)

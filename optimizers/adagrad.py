@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -281,14 +282,8 @@ def _multi_tensor_adagrad(
             continue
         if has_complex:
             _view_as_real_lists(p_list, g_list, s_list)
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
         _increment_steps(steps)
-        if weight_decay != 0:
-            if maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, p_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
         minus_lr_t = [_as_float(-lr / (1 + (t - 1) * lr_decay)) for t in _step_values(steps)]
         torch._foreach_addcmul_(s_list, g_list, g_list, value=1)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_betas,
@@ -232,14 +233,8 @@ def _multi_tensor_adamax(
     for (p_list, g_list, m_list, u_list, steps), _ in buckets.values():
         if has_complex:
             _view_as_real_lists(p_list, g_list, m_list, u_list)
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
         _increment_steps(steps)
-        if weight_decay != 0:
-            if maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, p_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
         torch._foreach_lerp_(m_list, g_list, 1 - beta1)
         torch._foreach_mul_(u_list, beta2)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -789,10 +790,10 @@ def _multi_tensor_lm_adagrad(
     gs = [_real(g) for g in grads]
     buckets = _group_by_device_and_dtype([rp, gs], with_indices=True)
     for (p_list, g_list), idx in buckets.values():
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
-        if weight_decay != 0 and not decoupled_weight_decay:
-            g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(
+            p_list, g_list, maximize=maximize,
+            weight_decay=0.0 if decoupled_weight_decay else weight_decay,
+        )
         for j, g in zip(idx, g_list):
             gs[j] = g
     counts = [int(s.item()) for s in state_steps]

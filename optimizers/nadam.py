@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_betas,
@@ -312,16 +313,13 @@ def _multi_tensor_nadam(
     for (p_list, g_list, m_list, v_list, pi_list, steps), _ in buckets.values():
         if has_complex:
             _view_as_real_lists(p_list, g_list, m_list, v_list)
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
         _increment_steps(steps)
-        if weight_decay != 0:
-            if decoupled_weight_decay:
-                torch._foreach_mul_(p_list, _as_float(1 - lr * weight_decay))
-            elif maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, p_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        if weight_decay != 0 and decoupled_weight_decay:
+            torch._foreach_mul_(p_list, _as_float(1 - lr * weight_decay))
+        g_list = _foreach_l2_grads(
+            p_list, g_list, maximize=maximize,
+            weight_decay=0.0 if decoupled_weight_decay else weight_decay,
+        )
 
         torch._foreach_lerp_(m_list, g_list, 1 - beta1)
         torch._foreach_mul_(v_list, beta2)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -284,14 +285,8 @@ def _multi_tensor_rmsprop(
             if centered:
                 others.append(gbar_list)
             _view_as_real_lists(p_list, *others)
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
         _increment_steps(steps)
-        if weight_decay != 0:
-            if maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, p_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
         torch._foreach_mul_(v_list, alpha)
         torch._foreach_addcmul_(v_list, g_list, g_list, value=1 - alpha)

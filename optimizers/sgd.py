@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_l2_grads,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -282,13 +283,7 @@ def _multi_tensor_sgd(
                     momentum_buffers[j] = buf
             continue
 
-        if maximize:
-            g_list = torch._foreach_neg(g_list)
-        if weight_decay != 0:
-            if maximize:  # g_list is already a fresh list we own
-                torch._foreach_add_(g_list, p_list, alpha=weight_decay)
-            else:
-                g_list = torch._foreach_add(g_list, p_list, alpha=weight_decay)
+        g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
         if momentum != 0:
             if all(m is not None for m in m_list):
