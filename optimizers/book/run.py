@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["numpy_trajectory", "torch_trajectory"]
+__all__ = ["numpy_trajectory", "torch_trajectory", "losses_along"]
 
 
 def numpy_trajectory(step: Callable, x0, grad: Callable, steps: int, state=None) -> np.ndarray:
@@ -72,5 +72,3 @@ def losses_along(f: Callable, trajectory: Iterable) -> np.ndarray:
     """Evaluate ``f`` at every iterate of a trajectory."""
     return np.array([float(f(np.asarray(x))) for x in trajectory])
 
-
-__all__.append("losses_along")

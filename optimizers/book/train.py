@@ -7,6 +7,7 @@ chapter.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -44,6 +45,19 @@ class TrainResult:
     model: torch.nn.Module
 
 
+@contextmanager
+def _one_thread():
+    """Run with one intra-op thread (tiny matrices: threads only add overhead and reduction-order
+    noise), restoring the caller's setting afterwards. Usable as a decorator."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@_one_thread()
 def train_classifier(make_optimizer: Callable, hidden: Sequence[int] = (32,), epochs: int = 10,
                      batch_size: int = 64, seed: int = 0, n_classes: int = 10,
                      make_scheduler: Callable | None = None, scheduler_per: str = "step",
@@ -52,8 +66,8 @@ def train_classifier(make_optimizer: Callable, hidden: Sequence[int] = (32,), ep
 
     Args:
         make_optimizer: ``params -> optimizer`` (e.g. ``lambda p: optimizers.Adam(p, lr=1e-3)``).
-            It receives ``model.parameters()``; to build parameter groups, use ``make_optimizer``
-            with a model-aware helper and pass it the model via ``functools.partial``.
+            It receives ``model.parameters()``; the model is built inside, so optimizers that need
+            named parameter groups need a loop of their own (as in the training-practice chapter).
         hidden: hidden-layer widths.
         epochs, batch_size: the minibatch schedule (shuffled each epoch with a seeded generator).
         seed: seeds both the initialisation and the shuffling.
@@ -61,17 +75,6 @@ def train_classifier(make_optimizer: Callable, hidden: Sequence[int] = (32,), ep
             (``scheduler_per="step"``) or once per epoch (``"epoch"``).
         data: optional ``(X_train, y_train, X_test, y_test)``; default :func:`digits`.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: threads only add overhead (and reduction-order noise)
-    try:
-        return _train(make_optimizer, hidden, epochs, batch_size, seed, n_classes, make_scheduler,
-                      scheduler_per, dtype, data)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(make_optimizer, hidden, epochs, batch_size, seed, n_classes, make_scheduler,
-           scheduler_per, dtype, data) -> TrainResult:
     X_tr, y_tr, X_te, y_te = data if data is not None else digits(n_classes=n_classes, seed=seed)
     X_tr, X_te = (torch.as_tensor(a, dtype=dtype) for a in (X_tr, X_te))
     y_tr, y_te = (torch.as_tensor(a, dtype=torch.long) for a in (y_tr, y_te))
