@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -117,6 +118,63 @@ def all_problems(root: Path = ROOT) -> list[str]:
     return problems
 
 
+# --- numbers typed by hand in the prose -------------------------------------------------------
+
+_STRIP = [
+    re.compile(r"^(```|~~~|:::).*?^\1", re.S | re.M),       # fenced blocks and directives
+    re.compile(r"\$\$.*?\$\$", re.S),                         # display math
+    re.compile(r"\{[\w:-]+\}`[^`]*`"),                         # roles: {glue:text}`k:.3g`, {footcite}`x`
+    re.compile(r"``.*?``|`[^`]*`"),                              # inline code
+    re.compile(r"\]\([^)]*\)"),                                 # link targets
+    re.compile(r"<!--.*?-->", re.S),                             # comments
+    re.compile(r"^\s*(?:\d+\.|[-*+])\s", re.M),                  # list markers
+    re.compile(r"\((?:eq|fig|sec)-[\w-]+\)|\{(?:eq|numref|ref)\}`[^`]*`"),  # labels, references
+]
+# A number that is a name, not a result: "chapter 3", "exercise 2", "equation (4)", a year.
+_NAMING = re.compile(r"(?:chapters?|sections?|exercises?|equations?|figures?|parts?|tables?|algorithm"
+                     r"|theorem|lemma|version|appendix)\s*\(?$", re.I)
+_NUMBER = re.compile(r"(?<![\w.\\])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?%?(?![\w])")
+_INLINE_MATH = re.compile(r"\$[^$]+\$")
+_RESULT_LIKE_IN_MATH = re.compile(r"\.|[eE]|%|^\d{3,}$")
+_YEAR = re.compile(r"^(?:19|20)\d\d$")
+
+
+def hand_typed_numbers(md: Path) -> list[tuple[int, str, str]]:
+    """Numbers in the prose of ``md`` that are typed by hand: (cell index, number, context).
+
+    What is not counted: code cells, display math, roles (``{glue:text}``, citations,
+    references), inline code, link targets, list markers, years, and numbers that name a
+    chapter, section, exercise, equation, figure, or table ("chapter 3"), single digits
+    outside math ("two panels", "3 seeds" read as words), and integers of one or two digits in
+    inline math (the 2 of $2/L$). A decimal in inline math is counted: a result written as
+    ``$0.031$`` is still typed by hand. What remains should be an
+    input the reader is told (a learning rate the experiment uses is glued too) or a number that
+    is not about the computation; the report is for the reviewer, it does not fail.
+    """
+    import jupytext
+
+    found = []
+    for i, cell in enumerate(jupytext.read(md).cells):
+        if cell.cell_type != "markdown":
+            continue
+        text = cell.source
+        for pattern in _STRIP:
+            text = pattern.sub(" ", text)
+        math = [m.span() for m in _INLINE_MATH.finditer(text)]
+        for m in _NUMBER.finditer(text):
+            number, before = m.group(), text[max(0, m.start() - 20):m.start()]
+            in_math = any(a <= m.start() < b for a, b in math)
+            if in_math and not _RESULT_LIKE_IN_MATH.search(number):
+                continue          # symbols and constants of a formula: 2/L, x_{t+1}, (1 - beta)
+            if not in_math and len(number) == 1:
+                continue          # "two panels", "step 1": small counts read as words
+            if _YEAR.match(number) or _NAMING.search(before.rstrip("$ ~")):
+                continue
+            context = " ".join(text[max(0, m.start() - 40):m.end() + 30].split())
+            found.append((i, number, context))
+    return found
+
+
 def execute(md: Path, timeout: int = 600) -> Path:
     """Rebuild ``md``'s notebook from the text and execute it top to bottom in a fresh kernel."""
     import jupytext
@@ -142,7 +200,10 @@ def main(argv=None) -> int:
     ex = sub.add_parser("execute", help="rebuild and execute chapter notebooks from their text files")
     ex.add_argument("chapters", nargs="*", type=Path)
     ex.add_argument("--all", action="store_true")
-    sub.add_parser("check", help="report unsynced pairs, unexecuted cells and toc problems")
+    sub.add_parser("check", help="report unsynced pairs, unexecuted cells and toc problems, "
+                                 "and count the numbers still typed by hand in each chapter's prose")
+    num = sub.add_parser("numbers", help="list the numbers typed by hand in the prose, with context")
+    num.add_argument("chapters", nargs="*", type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "execute":
         chapters = [md for md, _ in chapter_pairs()] if args.all else args.chapters
@@ -152,6 +213,14 @@ def main(argv=None) -> int:
             print(f"executing {md} ...", flush=True)
             print(f"  wrote {execute(md)}")
         return 0
+    if args.cmd == "numbers":
+        for md in args.chapters or [md for md, _ in chapter_pairs()]:
+            for i, number, context in hand_typed_numbers(Path(md).with_suffix(".md")):
+                print(f"{Path(md).stem} cell {i}: {number:>8}   ... {context} ...")
+        return 0
+    counts = {md.stem: len(hand_typed_numbers(md)) for md, _ in chapter_pairs() if md.exists()}
+    print("numbers typed by hand in the prose (tools/book.py numbers lists them): "
+          + ", ".join(f"{k[:2]}: {v}" for k, v in counts.items()) + f"; total {sum(counts.values())}")
     problems = all_problems()
     print("\n".join(problems) if problems else "book is consistent")
     return 1 if problems else 0
