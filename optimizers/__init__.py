@@ -16,6 +16,7 @@ Adadelta     ``optimizers.adadelta``     ``adadelta``
 Adam, AdamW  ``optimizers.adam``         ``adam``, ``adamw``
 NAdam        ``optimizers.nadam``        ``nadam``
 Adamax       ``optimizers.adamax``       ``adamax``
+RAdam        ``optimizers.radam``        ``radam``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -28,6 +29,7 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
 from .nadam import NAdam
+from .radam import RAdam
 from .rmsprop import RMSprop
 from .sgd import SGD
 from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
@@ -46,6 +48,7 @@ __all__ = [
     "AdamW",
     "NAdam",
     "Adamax",
+    "RAdam",
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",

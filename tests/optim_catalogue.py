@@ -40,6 +40,10 @@ class OptimizerInfo:
     error_inputs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
     #: configuration used by sparse-gradient tests
     sparse_config: dict[str, Any] = field(default_factory=dict)
+    #: torch's own error inputs (``optim_error_inputs_func_*`` in
+    #: torch/testing/_internal/common_optimizers.py) that raise ValueError in
+    #: ``__init__``: (kwargs, torch's error_regex); the message must match it
+    torch_error_inputs: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
     def config_ids(self) -> list[str]:
         return [_config_id(c) for c in self.configs]
@@ -73,6 +77,13 @@ def _common_errors(has_eps: bool = True, has_wd: bool = True) -> list[tuple[dict
     if has_eps:
         errs += [({"eps": -1e-8}, "eps"), ({"eps": NAN}, "eps")]
     return errs
+
+
+# torch's error input shared by every optimizer that raises in __init__ (the
+# others, duplicate or half-named params, come from torch.optim.Optimizer itself)
+_TORCH_COMMON_ERRORS: list[tuple[dict, str]] = [
+    ({"lr": torch.tensor([0.001, 0.001])}, "Tensor lr must be 1-element"),
+]
 
 
 def _beta_errors() -> list[tuple[dict, str]]:
@@ -256,6 +267,35 @@ CATALOGUE: list[OptimizerInfo] = [
         rosenbrock_kwargs={"lr": 1e-1},
         quadratic_kwargs={"lr": 1e-2},
         error_inputs=_common_errors() + _beta_errors(),
+    ),
+    OptimizerInfo(
+        name="RAdam",
+        cls=optimizers.RAdam,
+        ref_cls=torch.optim.RAdam,
+        # torch's OptimizerInfo configurations (optim_inputs_func_radam), with a
+        # larger lr so that 100 steps move far, plus beta2 small enough that the
+        # rectified phase starts early in the run and a tensor lr
+        configs=[
+            {},
+            {"lr": 2e-3},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "eps": 1e-6},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "betas": (0.8, 0.9)},
+            {"lr": 1e-2, "weight_decay": 0.1, "decoupled_weight_decay": True},
+            {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
+        ],
+        state_keys=("step", "exp_avg", "exp_avg_sq"),
+        # the first (un-rectified) steps are momentum SGD with rate lr: on
+        # Rosenbrock a shorter second-moment memory gets past them sooner
+        rosenbrock_kwargs={"lr": 1e-2, "betas": (0.9, 0.99)},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors() + _beta_errors(),
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [
+            ({"lr": 1e-2, "betas": (1.0, 0.0)}, "Invalid beta parameter at index 0: 1.0"),
+            ({"lr": 1e-2, "weight_decay": -1}, "Invalid weight_decay value: -1"),
+        ],
     ),
 ]
 
