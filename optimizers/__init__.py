@@ -17,6 +17,7 @@ Adam, AdamW  ``optimizers.adam``         ``adam``, ``adamw``
 NAdam        ``optimizers.nadam``        ``nadam``
 Adamax       ``optimizers.adamax``       ``adamax``
 RAdam        ``optimizers.radam``        ``radam``
+Rprop        ``optimizers.rprop``        ``rprop``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -31,6 +32,7 @@ from .adamax import Adamax
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
+from .rprop import Rprop
 from .sgd import SGD
 from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
 from .schedules import warmup_cosine
@@ -49,6 +51,7 @@ __all__ = [
     "NAdam",
     "Adamax",
     "RAdam",
+    "Rprop",
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",

@@ -297,6 +297,42 @@ CATALOGUE: list[OptimizerInfo] = [
             ({"lr": 1e-2, "weight_decay": -1}, "Invalid weight_decay value: -1"),
         ],
     ),
+    OptimizerInfo(
+        name="Rprop",
+        cls=optimizers.Rprop,
+        ref_cls=torch.optim.Rprop,
+        # torch's OptimizerInfo configurations (optim_inputs_func_rprop), a tensor lr,
+        # and tight step-size bounds that the run reaches
+        configs=[
+            {},
+            {"lr": 2e-4},
+            {"lr": torch.tensor(1e-2)},
+            {"etas": (0.5, 1.5)},
+            {"step_sizes": (2e-6, 100)},
+            {"lr": 0.05, "step_sizes": (1e-3, 0.1)},
+            {"maximize": True},
+            # last: the config of the shared tests, one of which freezes a group
+            # with lr = 0; Rprop's lr is only the initial step size, which the
+            # clamp lifts to step_sizes[0] (as in torch), so that must be 0 too
+            {"maximize": True, "step_sizes": (0.0, 50)},
+        ],
+        state_keys=("step", "prev", "step_size"),
+        rosenbrock_kwargs={"lr": 1e-3},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors(has_eps=False, has_wd=False)
+        + [
+            ({"etas": (1.0, 0.5)}, "etas"),
+            ({"etas": (0.5, 1.0)}, "etas"),
+            ({"etas": (0.0, 1.2)}, "etas"),
+            ({"etas": (0.5, NAN)}, "etas"),
+            ({"etas": (0.5,)}, "etas"),
+            ({"step_sizes": (1.0, 1e-3)}, "step_sizes"),
+            ({"step_sizes": (-1e-6, 50)}, "step_sizes"),
+            ({"step_sizes": (1e-6, NAN)}, "step_sizes"),
+        ],
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [({"lr": 1e-2, "etas": (1.0, 0.5)}, "Invalid eta values: 1.0, 0.5")],
+    ),
 ]
 
 # LM-Adagrad and its exact reference (no torch.optim counterpart; see tests/test_lm_adagrad.py).

@@ -64,6 +64,8 @@ FUNCTIONAL_SPECS = {
     "radam_decoupled": ("radam", "radam", lambda ps: [_zeros(ps), _zeros(ps), _steps(ps)],
                         dict(lr=1e-2, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.1,
                              decoupled_weight_decay=True, maximize=True)),
+    "rprop": ("rprop", "rprop", lambda ps: [_zeros(ps), [torch.full_like(p, 0.05) for p in ps], _steps(ps)],
+              dict(step_size_min=1e-3, step_size_max=0.2, etaminus=0.4, etaplus=1.3, maximize=True)),
 }
 
 
@@ -96,13 +98,16 @@ CONFIGS = {
     "RAdam": st.fixed_dictionaries(dict(
         lr=lrs, betas=betas, eps=st.sampled_from([1e-8, 1e-6]), weight_decay=small_wd,
         decoupled_weight_decay=st.booleans(), maximize=st.booleans())),
+    "Rprop": st.fixed_dictionaries(dict(
+        lr=lrs, etas=st.tuples(st.floats(0.1, 0.9), st.floats(1.01, 2.0)),
+        step_sizes=st.tuples(st.sampled_from([0.0, 1e-6, 1e-3]), st.sampled_from([1e-2, 50.0])),
+        maximize=st.booleans())),
 }
 
 
 
 @st.composite
-def problems(draw):
-    name = draw(st.sampled_from(sorted(CONFIGS)))
+def problems(draw, name):
     return dict(
         name=name,
         config=draw(CONFIGS[name]),
@@ -113,9 +118,11 @@ def problems(draw):
     )
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 @SETTINGS
-@given(problem=problems(), foreach=st.booleans())
-def test_random_problems_match_torch_optim(problem, foreach):
+@given(data=st.data(), foreach=st.booleans())
+def test_random_problems_match_torch_optim(name, data, foreach):
+    problem = data.draw(problems(name))
     ours, o1 = _run(getattr(optimizers, problem["name"]), problem, foreach)
     ref, o2 = _run(getattr(torch.optim, problem["name"]), problem, foreach)
     tol = dict(rtol=1e-4, atol=1e-5) if problem["dtype"] == torch.float32 else dict(rtol=1e-9, atol=1e-11)

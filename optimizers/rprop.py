@@ -1,0 +1,293 @@
+r"""Rprop: resilient backpropagation, a per-coordinate step size driven by gradient signs.
+
+:class:`Rprop` is a drop-in replacement for :class:`torch.optim.Rprop`;
+:func:`rprop` is its functional core.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import (
+    OptimizerBase,
+    _as_float,
+    _check_impl_flags,
+    _group_by_device_and_dtype,
+    _increment_steps,
+    _new_step,
+    _real,
+    _resolve_impl,
+    _view_as_real_lists,
+)
+from ._torch_phrases import check_lr, torch_phrase
+
+__all__ = ["Rprop", "rprop"]
+
+
+class Rprop(OptimizerBase):
+    r"""Rprop: each coordinate moves by its own step size, grown while the gradient keeps its sign.
+
+    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
+    :math:`g_t = \nabla f(x_t)` (negated if ``maximize``),
+    :math:`\eta^-, \eta^+` = ``etas``, :math:`\Delta_{\min}, \Delta_{\max}`
+    = ``step_sizes``, and all operations per coordinate, one step does
+
+    .. math::
+
+        s_t &= \operatorname{sign}(g_t\, \tilde g_{t-1}) \\
+        \Delta_t &= \operatorname{clip}\!\left(\Delta_{t-1}\cdot
+            \begin{cases} \eta^+ & s_t > 0 \\ \eta^- & s_t < 0 \\ 1 & s_t = 0 \end{cases},
+            \;\Delta_{\min},\; \Delta_{\max}\right) \\
+        \tilde g_t &= \begin{cases} 0 & s_t < 0 \\ g_t & \text{otherwise} \end{cases} \\
+        x_{t+1} &= x_t - \operatorname{sign}(\tilde g_t)\, \Delta_t
+
+    with :math:`\tilde g_{-1} = 0` and :math:`\Delta_{-1} = ` ``lr`` in every
+    coordinate. Only the *sign* of the gradient is used: the step is
+    :math:`\pm\Delta_t` whatever the gradient's scale. A sign change means the
+    last step jumped over a minimum along that coordinate: the step size
+    shrinks by :math:`\eta^-` and that coordinate pauses for one step
+    (:math:`\tilde g_t = 0`, so the next :math:`s` is 0 and the step size is
+    kept).
+
+    Conventions (those of ``torch.optim.Rprop``):
+
+    * This is the variant without weight backtracking (Igel & Hüsken's
+      iRprop\ :sup:`-`): after a sign change the coordinate is not moved back,
+      it only skips one step. Riedmiller & Braun's original undoes the
+      previous step.
+    * ``lr`` is the initial step size :math:`\Delta_{-1}`, not a multiplier
+      of the gradient; a scheduler that changes ``lr`` later has no effect on
+      the step sizes already in the state.
+    * There is no weight decay (an L2 term would only change signs).
+    * Complex parameters are treated as pairs of real ones (each part has its
+      own step size).
+
+    State per parameter: ``step``, ``prev`` (:math:`\tilde g_{t}`) and
+    ``step_size`` (:math:`\Delta_t`), as in ``torch.optim.Rprop``.
+
+    Args:
+        params: iterable of parameters (or ``(name, parameter)`` pairs) or of
+            dicts defining parameter groups.
+        lr: initial step size :math:`\Delta_{-1} \ge 0`, float or 1-element tensor (default: 1e-2).
+        etas: :math:`(\eta^-, \eta^+)` with :math:`0 < \eta^- < 1 < \eta^+` (default: (0.5, 1.2)).
+        step_sizes: :math:`(\Delta_{\min}, \Delta_{\max})` with
+            :math:`0 \le \Delta_{\min} \le \Delta_{\max}` (default: (1e-6, 50)).
+        capturable: not supported (must be False).
+        foreach: use the multi-tensor ``torch._foreach_*`` implementation;
+            ``None`` (the default) picks it, as ``torch.optim`` does, when all
+            tensors are plain tensors on CUDA (or another accelerator with
+            foreach kernels), and the single-tensor loop on CPU.
+        maximize: maximize the objective instead of minimizing (default: False).
+        differentiable: not supported (must be False).
+
+    References:
+        Riedmiller & Braun (1993), *A Direct Adaptive Method for Faster
+        Backpropagation Learning: The RPROP Algorithm*, IEEE ICNN.
+        Igel & Hüsken (2000), *Improving the Rprop Learning Algorithm*, NC 2000.
+    """
+
+    _group_fallbacks = {"capturable": False}
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        etas: tuple[float, float] = (0.5, 1.2),
+        step_sizes: tuple[float, float] = (1e-6, 50),
+        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        check_lr(lr)
+        _check_pair("etas", etas)
+        with torch_phrase(f"Invalid eta values: {etas[0]}, {etas[1]}"):
+            if not 0.0 < etas[0] < 1.0 < etas[1]:
+                raise ValueError(
+                    f"Invalid etas: {etas!r} (must satisfy 0 < etaminus < 1 < etaplus)"
+                )
+        _check_pair("step_sizes", step_sizes)
+        if not 0.0 <= step_sizes[0] <= step_sizes[1]:
+            raise ValueError(
+                f"Invalid step_sizes: {step_sizes!r} (must satisfy 0 <= min step size <= max step size)"
+            )
+        _check_impl_flags(
+            "Rprop", foreach=foreach, differentiable=differentiable, capturable=capturable
+        )
+        defaults = dict(
+            lr=lr,
+            etas=etas,
+            step_sizes=step_sizes,
+            foreach=foreach,
+            maximize=maximize,
+            differentiable=differentiable,
+            capturable=capturable,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        lr = _as_float(group["lr"])
+        return {
+            "step": _new_step(),
+            "prev": torch.zeros_like(p, memory_format=torch.preserve_format),
+            "step_size": torch.full_like(p, complex(lr, lr) if p.is_complex() else lr),
+        }
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params, grads, _, has_complex = self._gather(group)
+        states = [self._lazy_state(p, group) for p in params]
+        etaminus, etaplus = group["etas"]
+        step_size_min, step_size_max = group["step_sizes"]
+        rprop(
+            params,
+            grads,
+            [s["prev"] for s in states],
+            [s["step_size"] for s in states],
+            [s["step"] for s in states],
+            step_size_min=step_size_min,
+            step_size_max=step_size_max,
+            etaminus=etaminus,
+            etaplus=etaplus,
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+            has_complex=has_complex,
+        )
+
+
+def _check_pair(name: str, value: Any) -> None:
+    """``value`` must be a pair of real numbers (not NaN)."""
+    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    if not ok or not all(isinstance(v, numbers.Real) and v == v for v in value):
+        raise ValueError(f"Invalid {name}: {value!r} (must be a pair of real numbers)")
+
+
+# --------------------------------------------------------------------------- #
+# Functional core                                                              #
+# --------------------------------------------------------------------------- #
+
+
+def rprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    prevs: list[Tensor],
+    step_sizes: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    step_size_min: float = 1e-6,
+    step_size_max: float = 50.0,
+    etaminus: float = 0.5,
+    etaplus: float = 1.2,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    has_complex: bool | None = None,
+) -> None:
+    r"""Functional Rprop: update ``params`` and the state lists in place.
+
+    ``prevs`` (:math:`\tilde g`), ``step_sizes`` (:math:`\Delta`) and
+    ``state_steps`` (0-dim tensors, incremented here). See :class:`Rprop`.
+    """
+    if not all(torch.is_tensor(s) for s in state_steps):
+        raise TypeError("state_steps must be a list of 0-dim tensors")
+    if has_complex is None:
+        has_complex = any(torch.is_complex(p) for p in params)
+    impl = _resolve_impl(params, foreach)
+    func = _multi_tensor_rprop if impl == "foreach" else _single_tensor_rprop
+    func(
+        params,
+        grads,
+        prevs,
+        step_sizes,
+        state_steps,
+        step_size_min=step_size_min,
+        step_size_max=step_size_max,
+        etaminus=etaminus,
+        etaplus=etaplus,
+        maximize=maximize,
+        has_complex=has_complex,
+    )
+
+
+def _signs_to_factors_(s: Tensor, etaminus: float, etaplus: float) -> Tensor:
+    """In place: the sign s_t of g_t * g_{t-1} becomes the step-size factor eta+, eta- or 1."""
+    s[s.gt(0)] = etaplus
+    s[s.lt(0)] = etaminus
+    s[s.eq(0)] = 1
+    return s
+
+
+def _single_tensor_rprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    prevs: list[Tensor],
+    step_sizes: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    step_size_min: float,
+    step_size_max: float,
+    etaminus: float,
+    etaplus: float,
+    maximize: bool,
+    has_complex: bool,
+) -> None:
+    for i, x in enumerate(params):
+        g = grads[i] if not maximize else -grads[i]
+        state_steps[i] += 1
+        # complex numbers: real and imaginary parts are separate coordinates
+        x, g, prev, delta = _real(x), _real(g), _real(prevs[i]), _real(step_sizes[i])
+
+        factor = _signs_to_factors_(g.mul(prev).sign(), etaminus, etaplus)  # s_t -> eta+, eta-, 1
+        delta.mul_(factor).clamp_(step_size_min, step_size_max)  # Delta_t
+        g = g.clone(memory_format=torch.preserve_format)
+        g[factor.eq(etaminus)] = 0  # sign change: this coordinate pauses
+
+        x.addcmul_(g.sign(), delta, value=-1)  # x_{t+1} = x_t - sign(g~_t) * Delta_t
+        prev.copy_(g)
+
+
+def _multi_tensor_rprop(
+    params: list[Tensor],
+    grads: list[Tensor],
+    prevs: list[Tensor],
+    step_sizes: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    step_size_min: float,
+    step_size_max: float,
+    etaminus: float,
+    etaplus: float,
+    maximize: bool,
+    has_complex: bool,
+) -> None:
+    if not params:
+        return
+    buckets = _group_by_device_and_dtype([params, grads, prevs, step_sizes, state_steps])
+    for (p_list, g_list, prev_list, delta_list, steps), _ in buckets.values():
+        _increment_steps(steps)
+        if has_complex:
+            _view_as_real_lists(p_list, g_list, prev_list, delta_list)
+
+        factors = torch._foreach_mul(g_list, prev_list)
+        if maximize:
+            torch._foreach_neg_(factors)
+        # the new g~ is written straight into the state (the caller's grads stay untouched)
+        torch._foreach_copy_(prev_list, g_list)
+        if maximize:
+            torch._foreach_neg_(prev_list)
+
+        torch._foreach_sign_(factors)
+        for s in factors:
+            _signs_to_factors_(s, etaminus, etaplus)
+        torch._foreach_mul_(delta_list, factors)
+        torch._foreach_clamp_min_(delta_list, step_size_min)
+        torch._foreach_clamp_max_(delta_list, step_size_max)
+
+        for g, s in zip(prev_list, factors):
+            g.masked_fill_(s.eq(etaminus), 0)
+        del factors
+        torch._foreach_addcmul_(p_list, torch._foreach_sign(prev_list), delta_list, value=-1)
