@@ -18,6 +18,7 @@ NAdam        ``optimizers.nadam``        ``nadam``
 Adamax       ``optimizers.adamax``       ``adamax``
 RAdam        ``optimizers.radam``        ``radam``
 Rprop        ``optimizers.rprop``        ``rprop``
+ASGD         ``optimizers.asgd``         ``asgd``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -29,6 +30,7 @@ from .adadelta import Adadelta
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
+from .asgd import ASGD
 from .nadam import NAdam
 from .radam import RAdam
 from .rmsprop import RMSprop
@@ -52,6 +54,7 @@ __all__ = [
     "Adamax",
     "RAdam",
     "Rprop",
+    "ASGD",
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",

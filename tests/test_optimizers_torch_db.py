@@ -7,7 +7,11 @@ Adafactor, SparseAdam, LBFGS): what the shared catalogue tests do not reach.
   dependencies): our message matches torch's ``error_regex``, and torch's
   class raises it too (so the transcription is right);
 * the functional cores against torch's functionals, both paths;
-* random shapes, dtypes and configurations (hypothesis) against torch.optim.
+* random shapes, dtypes and configurations (hypothesis) against torch.optim;
+* the shared tests of tests/test_optimizers.py on the catalogue's
+  ``PATHS_DIFFER`` entries (ASGD), whose two code paths differ as torch's own
+  do: the same test functions, with the entry's ``paths_tol`` where the two
+  paths are compared and torch's dtype cast on loading a state dict allowed for.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import optimizers
-from optim_catalogue import CATALOGUE
+import test_optimizers as shared
+from optim_catalogue import CATALOGUE, PATHS_DIFFER
 from test_functional import SHAPES, _random, _steps, _zeros
 from test_properties import SETTINGS, _run, _single_intra_op_thread, betas, lrs, shapes, small_wd  # noqa: F401
 
-NEW = [i for i in CATALOGUE if i.torch_error_inputs]
+NEW = [i for i in CATALOGUE + PATHS_DIFFER if i.torch_error_inputs]
 
 
 def _params():
@@ -66,6 +71,9 @@ FUNCTIONAL_SPECS = {
                              decoupled_weight_decay=True, maximize=True)),
     "rprop": ("rprop", "rprop", lambda ps: [_zeros(ps), [torch.full_like(p, 0.05) for p in ps], _steps(ps)],
               dict(step_size_min=1e-3, step_size_max=0.2, etaminus=0.4, etaplus=1.3, maximize=True)),
+    "asgd": ("asgd", "asgd",
+             lambda ps: [_zeros(ps), [torch.tensor(1.0) for _ in ps], [torch.tensor(0.05) for _ in ps], _steps(ps)],
+             dict(lr=0.05, lambd=1e-2, alpha=0.6, t0=4, weight_decay=0.01, maximize=True)),
 }
 
 
@@ -102,6 +110,9 @@ CONFIGS = {
         lr=lrs, etas=st.tuples(st.floats(0.1, 0.9), st.floats(1.01, 2.0)),
         step_sizes=st.tuples(st.sampled_from([0.0, 1e-6, 1e-3]), st.sampled_from([1e-2, 50.0])),
         maximize=st.booleans())),
+    "ASGD": st.fixed_dictionaries(dict(
+        lr=lrs, lambd=st.sampled_from([0.0, 1e-4, 0.1]), alpha=st.floats(0.5, 1.0),
+        t0=st.sampled_from([0.0, 2.0, 1e6]), weight_decay=small_wd, maximize=st.booleans())),
 }
 
 
@@ -135,3 +146,125 @@ def test_random_problems_match_torch_optim(name, data, foreach):
         assert s1[k].keys() == s2[k].keys()
         for key in s1[k]:
             torch.testing.assert_close(s1[k][key], s2[k][key], **tol)
+
+
+# --------------------------------------------------------------------------- #
+# The shared tests on PATHS_DIFFER entries                                     #
+# --------------------------------------------------------------------------- #
+
+FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+INFO = pytest.mark.parametrize("info", PATHS_DIFFER, ids=lambda i: i.name)
+INFO_CFG = pytest.mark.parametrize(
+    "info,cfg",
+    [(i, c) for i in PATHS_DIFFER for c in i.configs],
+    ids=[f"{i.name}-{_id}" for i in PATHS_DIFFER for _id in i.config_ids()],
+)
+
+
+@FOREACH
+@INFO_CFG
+def test_paths_differ_trajectory_matches_torch(info, cfg, foreach):
+    shared.test_trajectory_matches_torch(info, cfg, foreach)
+
+
+@INFO_CFG
+def test_paths_differ_foreach_close_to_single_tensor(info, cfg):
+    m1, m2 = shared.make_model(), shared.make_model()
+    o1 = info.cls(m1.parameters(), **cfg, foreach=False)
+    o2 = info.cls(m2.parameters(), **cfg, foreach=True)
+    shared.train(m1, o1, 50)
+    shared.train(m2, o2, 50)
+    shared.assert_params_close(m1.parameters(), m2.parameters(), **info.paths_tol)
+    shared.assert_state_close(o1, o2, **info.paths_tol)
+    # torch's own two paths part by as much (the reason for paths_tol)
+    r1, r2 = shared.make_model(), shared.make_model()
+    shared.train(r1, info.ref_cls(r1.parameters(), **shared.ref_kwargs(cfg, False)), 50)
+    shared.train(r2, info.ref_cls(r2.parameters(), **shared.ref_kwargs(cfg, True)), 50)
+    shared.assert_params_close(r1.parameters(), r2.parameters(), **info.paths_tol)
+
+
+@pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
+@INFO
+def test_paths_differ_state_dict_interchangeable_with_torch(info, direction):
+    if direction == "torch_to_ours":
+        shared.test_state_dict_interchangeable_with_torch(info, direction)
+        return
+    # torch.optim casts the 0-dim state (eta, mu) to the parameters' dtype on
+    # loading, so its later values round differently from an uninterrupted run
+    cfg = info.configs[-1]
+    m_ref, m = shared.make_model(), shared.make_model()
+    shared.train(m_ref, info.ref_cls(m_ref.parameters(), **cfg), 40)
+    o_src = info.cls(m.parameters(), **cfg)
+    shared.train(m, o_src, 20)
+    o_dst = info.ref_cls(m.parameters(), **cfg)
+    o_dst.load_state_dict(shared._roundtrip(o_src.state_dict()))
+    shared.train(m, o_dst, 20)
+    shared.assert_params_close(m.parameters(), m_ref.parameters(), **info.paths_tol)
+
+
+@INFO
+def test_paths_differ_default_path_follows_torch_rule_on_cpu(info, monkeypatch):
+    shared.test_default_path_follows_torch_rule_on_cpu(info, monkeypatch)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")
+@FOREACH
+@INFO
+@pytest.mark.parametrize("name", [
+    "test_state_dict_resume_is_bit_identical",
+    "test_params_without_grad_are_skipped",
+    "test_complex_params_match_torch",
+    "test_sparse_gradients",
+])
+def test_paths_differ_shared_per_path(name, info, foreach):
+    getattr(shared, name)(info, foreach)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@FOREACH
+@INFO
+def test_paths_differ_low_precision_matches_torch(info, foreach, dtype):
+    shared.test_low_precision_matches_torch(info, foreach, dtype)
+
+
+@INFO
+@pytest.mark.parametrize("name", [
+    "test_state_dict_has_torch_layout",
+    "test_param_group_with_zero_lr_is_frozen",
+    "test_closure_returns_loss_and_runs_with_grad",
+    "test_lr_scheduler_matches_torch",
+    "test_maximize_is_minimize_of_negated_loss",
+    "test_deepcopy_gives_an_independent_equal_optimizer",
+    "test_hooks_named_parameters_and_added_groups",
+    "test_repr_names_class_and_hyperparameters",
+    "test_defaults_match_torch_signature",
+    "test_tensor_lr_is_accepted",
+    "test_long_run_rosenbrock_converges",
+    "test_long_run_ill_conditioned_quadratic_converges",
+])
+def test_paths_differ_shared(name, info):
+    getattr(shared, name)(info)
+
+
+@pytest.mark.parametrize(
+    "info,kwargs,name",
+    [pytest.param(i, kw, n, id=f"{i.name}-{n}-{shared._short(kw)}") for i in PATHS_DIFFER for kw, n in i.error_inputs],
+)
+def test_paths_differ_invalid_hyperparameter(info, kwargs, name):
+    shared.test_invalid_hyperparameter_raises_value_error_naming_it(info, kwargs, name)
+
+
+@INFO
+@pytest.mark.parametrize("flag", ["differentiable", "capturable"])
+def test_paths_differ_unimplemented_flags_are_refused(info, flag):
+    shared.test_unimplemented_flags_are_refused(info, flag)
+
+
+@INFO
+@pytest.mark.parametrize(
+    "params,kind",
+    [([], "empty"), (None, "not iterable"), (3, "not iterable"), (torch.zeros(2, requires_grad=True), "tensor")],
+    ids=["empty", "None", "int", "tensor"],
+)
+def test_paths_differ_invalid_params_argument(info, params, kind):
+    shared.test_invalid_params_argument(info, params, kind)
