@@ -30,47 +30,52 @@ __all__ = ["SGD", "sgd"]
 class SGD(OptimizerBase):
     r"""Stochastic gradient descent, optionally with momentum (heavy ball or Nesterov).
 
-    With :math:`\theta_t` the parameters after step :math:`t`, :math:`\eta` the
-    learning rate ``lr``, :math:`\lambda` ``weight_decay``, :math:`\mu`
-    ``momentum`` and :math:`\tau` ``dampening``, one step does
+    The symbols are those of the book (chapters 1 to 3): :math:`\theta_t` the
+    parameters after :math:`t` steps (:math:`t = 0, 1, \dots`), :math:`g_t` the
+    gradient evaluated at :math:`\theta_t`, :math:`\eta` the learning rate
+    ``lr``, :math:`\lambda` ``weight_decay``, :math:`\beta` ``momentum`` and
+    :math:`\tau` ``dampening``. Step :math:`t` (the :math:`(t+1)`-th call of
+    :meth:`step`) does
 
     .. math::
 
-        g_t &= \pm\nabla f_t(\theta_{t-1}) + \lambda\,\theta_{t-1}
+        g_t &= \pm\nabla f(\theta_t) + \lambda\,\theta_t
               \qquad (\text{minus sign if } \texttt{maximize}) \\
-        m_t &= \begin{cases} g_1 & t = 1 \\
-                             \mu\, m_{t-1} + (1-\tau)\, g_t & t > 1 \end{cases} \\
-        d_t &= \begin{cases} g_t & \mu = 0 \\
-                             m_t & \mu \neq 0,\ \text{not nesterov} \\
-                             g_t + \mu\, m_t & \text{nesterov} \end{cases} \\
-        \theta_t &= \theta_{t-1} - \eta\, d_t
+        b_{t+1} &= \begin{cases} g_0 & t = 0 \\
+                             \beta\, b_t + (1-\tau)\, g_t & t \ge 1 \end{cases} \\
+        d_t &= \begin{cases} g_t & \beta = 0 \\
+                             b_{t+1} & \beta \neq 0,\ \text{not nesterov} \\
+                             g_t + \beta\, b_{t+1} & \text{nesterov} \end{cases} \\
+        \theta_{t+1} &= \theta_t - \eta\, d_t
 
     Conventions (those of ``torch.optim.SGD``; textbooks differ):
 
     * **Undamped momentum, lr outside.** The buffer accumulates raw gradients,
-      :math:`m_t = \mu m_{t-1} + g_t`, and the learning rate multiplies the
+      :math:`b_{t+1} = \beta b_t + g_t`, and the learning rate multiplies the
       buffer when it is applied. Sutskever et al. (2013) write
-      :math:`v_t = \mu v_{t-1} + \eta g_t` instead; the two agree while
+      :math:`u_{t+1} = \beta u_t - \eta g_t` instead; the two agree while
       :math:`\eta` is constant and differ when a schedule changes it.
-    * **First-step copy.** The buffer starts as :math:`m_1 = g_1`, not as
+    * **First-step copy.** The buffer starts as :math:`b_1 = g_0`, not as
       :math:`0`: there is no bias towards zero, and dampening
-      :math:`(1-\tau)` is applied only from step 2 on.
-    * **Nesterov reformulation.** :math:`d_t = g_t + \mu m_t` is Nesterov's
-      look-ahead rewritten in terms of the current parameters (Sutskever et
-      al., 2013; Bengio et al., 2013); it requires :math:`\mu > 0` and
-      :math:`\tau = 0`.
-    * **Coupled weight decay.** :math:`\lambda\theta` is added to the gradient
-      (an L2 penalty), so it enters the momentum buffer.
+      :math:`(1-\tau)` is applied only from the second step on.
+    * **Nesterov reformulation.** :math:`d_t = g_t + \beta b_{t+1}` is
+      Nesterov's look-ahead rewritten in terms of the current parameters
+      (Sutskever et al., 2013; Bengio et al., 2013): the stored
+      :math:`\theta_t` are the look-ahead points. It requires
+      :math:`\beta > 0` and :math:`\tau = 0`.
+    * **Coupled weight decay.** :math:`\lambda\theta_t` is added to the
+      gradient (an L2 penalty), so it enters the momentum buffer.
 
-    State per parameter: ``momentum_buffer`` (:math:`m_t`, created at the
-    first step, only when :math:`\mu \neq 0`). Sparse gradients are supported
+    State per parameter: ``momentum_buffer`` (:math:`b_{t+1}` after step
+    :math:`t`, created at the first step, only when :math:`\beta \neq 0`).
+    Sparse gradients are supported
     (single-tensor path; a foreach call falls back to it for those tensors).
 
     Args:
         params: iterable of parameters (or ``(name, parameter)`` pairs) or of
             dicts defining parameter groups.
         lr: learning rate :math:`\eta \ge 0`, float or 1-element tensor (default: 1e-3).
-        momentum: momentum factor :math:`\mu \ge 0` (default: 0).
+        momentum: momentum factor :math:`\beta \ge 0` (default: 0).
         dampening: dampening :math:`\tau` for momentum (default: 0).
         weight_decay: L2 penalty :math:`\lambda \ge 0` (default: 0).
         nesterov: use Nesterov momentum (default: False).
@@ -195,7 +200,7 @@ def sgd(
 
     Args:
         params, grads: parallel lists of parameters and their gradients.
-        momentum_buffers: the buffers :math:`m_{t-1}`, one per parameter
+        momentum_buffers: the buffers :math:`b_t`, one per parameter
             (``None`` before the first step); ignored, and may be empty, when
             ``momentum == 0``. ``None`` entries are replaced in the list by the
             newly created buffers.
