@@ -70,6 +70,15 @@ class A2Grad(OptimizerBase):
     two-sequence form of its three-sequence accelerated scheme (the
     parameters hold the point where the next gradient is taken).
 
+    :math:`\delta_k` is the paper's practical heuristic (the deviation from
+    the running mean of the gradients). Its theorems are about the true noise
+    :math:`g_k - \nabla f(y_k)`, which no optimizer can compute; the rates
+    they prove (for ``uni`` and ``inc`` with iterates in an
+    :math:`\ell_\infty`-ball, for ``exp`` also sub-Gaussian noise) do not
+    cover this heuristic. The paper starts ``exp`` at
+    :math:`\tilde v_0 = \delta_0^2`; with the heuristic :math:`\delta_0 = 0`,
+    so starting from :math:`\tilde v_{-1} = 0` gives the same trajectory.
+
     Conventions (where implementations differ):
 
     * **Granularity.** ``per_coordinate=True`` (default, the paper):
