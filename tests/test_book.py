@@ -133,3 +133,49 @@ def test_numpy_torch_disagreement_is_caught(tmp_path):
     assert result.returncode == 1, result.stdout[-3000:]
     assert "1 failed" in result.stdout
     assert "Not equal to tolerance" in result.stdout
+
+
+# --- numbers in the prose ---------------------------------------------------------------------
+
+def test_hand_typed_numbers_are_reported(tmp_path):
+    md = tmp_path / "99_sample.md"
+    md.write_text(
+        "---\njupytext:\n  text_representation:\n    format_name: myst\n---\n\n"
+        "# Sample\n\nAfter 200 steps the loss falls to 0.031, as chapter 3 predicts for\n"
+        "$\\eta = 2/L$ (Polyak, 1964); the glued value {glue:text}`ch99_loss:.3g` and `lr=0.5` in\n"
+        "code are not typed by hand, nor are two panels. A typed result in math: $0.25$.\n\n"
+        "```{code-cell} ipython3\nx = 0.123\n```\n")
+    found = [number for _, number, _ in book.hand_typed_numbers(md)]
+    assert found == ["200", "0.031", "0.25"]
+
+
+def test_glued_number_is_compared_by_nbval(tmp_path):
+    """A glued value is a stored output like any other: tampering with it fails strict nbval."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(
+        "from optimizers.book.prose import glue_number\n"
+        "print(glue_number('ch99_pi', 3.14159265, digits=3))")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NotebookClient(nb, kernel_name="python3").execute()
+    good = tmp_path / "glued.ipynb"
+    nbformat.write(nb, good)
+    assert _run_nbval(good).returncode == 0
+    record = next(o for o in nb.cells[0].outputs if o.output_type == "display_data")
+    assert record.data["application/papermill.record/text/plain"] == "3.14"
+    record.data["application/papermill.record/text/plain"] = "3.15"
+    bad = tmp_path / "tampered_glue.ipynb"
+    nbformat.write(nb, bad)
+    result = _run_nbval(bad)
+    assert result.returncode == 1, result.stdout[-3000:]
+
+
+def test_glued_values_are_rounded_to_what_the_text_shows():
+    from optimizers.book.prose import rounded
+
+    assert rounded(0.0123456, 2) == 0.012
+    assert rounded(123456.0, 3) == 123000.0
+    assert rounded(7) == 7 and isinstance(rounded(7), int)
+    assert rounded(float("inf")) == float("inf")
