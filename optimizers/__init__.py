@@ -19,6 +19,7 @@ Adamax       ``optimizers.adamax``       ``adamax``
 RAdam        ``optimizers.radam``        ``radam``
 Rprop        ``optimizers.rprop``        ``rprop``
 ASGD         ``optimizers.asgd``         ``asgd``
+Adafactor    ``optimizers.adafactor``    ``adafactor``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -27,6 +28,7 @@ This module imports neither matplotlib nor the book helpers
 
 from ._base import InvalidParamsError, OptimizerBase
 from .adadelta import Adadelta
+from .adafactor import Adafactor
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .adamax import Adamax
@@ -55,6 +57,7 @@ __all__ = [
     "RAdam",
     "Rprop",
     "ASGD",
+    "Adafactor",
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",

@@ -429,14 +429,18 @@ if hasattr(optimizers, "A2Grad"):
         ],
     ))
 
-# Entries whose single-tensor and foreach paths differ as torch's own do, by
-# more than the shared tests allow (``paths_tol``); torch.optim also casts their
-# 0-dim float state (ASGD's eta and mu) to the parameters' dtype when it loads a
-# state dict, so its resumed runs round differently. They belong in CATALOGUE
-# once tests/test_optimizers.py reads ``paths_tol`` and tolerates that cast
-# (as it does for NAdam's mu_product); until then
-# tests/test_optimizers_torch_db.py runs the shared tests on them.
-PATHS_DIFFER: list[OptimizerInfo] = [
+# Entries the shared tests of tests/test_optimizers.py cannot take unchanged:
+# * ASGD's single-tensor and foreach paths differ as torch's own do, by more
+#   than the shared tests allow (``paths_tol``), and torch.optim casts its 0-dim
+#   float state (eta, mu) to the parameters' dtype when it loads a state dict,
+#   so torch's resumed runs round differently;
+# * Adafactor refuses complex parameters, as torch does
+#   (``supports_complex=False``; the shared complex test assumes support).
+# They belong in CATALOGUE once tests/test_optimizers.py reads ``paths_tol`` and
+# ``supports_complex`` and tolerates the cast (as it does for NAdam's
+# mu_product); until then tests/test_optimizers_torch_db.py runs the shared
+# tests on them.
+SHARED_PENDING: list[OptimizerInfo] = [
     OptimizerInfo(
         name="ASGD",
         cls=optimizers.ASGD,
@@ -471,6 +475,44 @@ PATHS_DIFFER: list[OptimizerInfo] = [
         ],
         torch_error_inputs=_TORCH_COMMON_ERRORS
         + [({"lr": 1e-2, "weight_decay": -0.5}, "Invalid weight_decay value: -0.5")],
+    ),
+    OptimizerInfo(
+        name="Adafactor",
+        cls=optimizers.Adafactor,
+        ref_cls=torch.optim.Adafactor,
+        # torch's OptimizerInfo configurations (optim_inputs_func_adafactor),
+        # a tensor lr, an explicit eps1 and a clipping threshold the run reaches
+        configs=[
+            {},
+            {"lr": torch.tensor(1e-2)},
+            {"weight_decay": 0.1, "lr": 0.01},
+            {"beta2_decay": -1.0},
+            {"d": 1.5},
+            {"lr": 0.02, "eps": (1e-3, 1e-2), "beta2_decay": -0.5},
+            {"lr": 0.5, "d": 1.0},
+            {"weight_decay": 0.1, "maximize": True},
+        ],
+        state_keys=("step", "row_var", "col_var", "variance"),
+        supports_complex=False,
+        rosenbrock_kwargs={"lr": 1e-1},
+        quadratic_kwargs={"lr": 1e-1},
+        error_inputs=_common_errors(has_eps=False)
+        + [
+            ({"beta2_decay": 0.8}, "beta2_decay"),
+            ({"beta2_decay": NAN}, "beta2_decay"),
+            ({"eps": (-1e-30, 1e-3)}, "eps[0]"),
+            ({"eps": (None, -1e-3)}, "eps[1]"),
+            ({"eps": (None, NAN)}, "eps[1]"),
+            ({"eps": 1e-3}, "eps"),
+            ({"d": 0.0}, "d"),
+            ({"d": NAN}, "d"),
+        ],
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [
+            ({"eps": (-1e-30, 1e-3)}, "epsilon1 should be >= 0"),
+            ({"d": 0.0}, "Clipping threshold d should be >= 1"),
+            ({"beta2_decay": 0.8}, "beta2_decay should be <= 0"),
+        ],
     ),
 ]
 

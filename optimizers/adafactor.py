@@ -1,0 +1,377 @@
+r"""Adafactor: factored second moments and relative step sizes.
+
+:class:`Adafactor` is a drop-in replacement for :class:`torch.optim.Adafactor`;
+:func:`adafactor` is its functional core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import (
+    OptimizerBase,
+    _as_float,
+    _check_impl_flags,
+    _check_lr,
+    _check_nonnegative,
+    _fmt,
+    _group_by_device_and_dtype,
+    _increment_steps,
+    _new_step,
+    _real_number,
+    _resolve_impl,
+)
+from ._torch_phrases import torch_phrase
+
+__all__ = ["Adafactor", "adafactor"]
+
+
+class Adafactor(OptimizerBase):
+    r"""Adafactor: Adam's second moment kept as row and column averages, with relative steps.
+
+    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
+    :math:`g_t = \nabla f(x_t)` (negated if ``maximize``), :math:`\rho`
+    ``lr``, :math:`c` ``beta2_decay``, :math:`(\epsilon_1, \epsilon_2)` =
+    ``eps``, :math:`d` ``d``, :math:`\lambda` ``weight_decay``,
+    :math:`n = t + 1` the number of gradients seen after processing
+    :math:`g_t`, and :math:`\operatorname{RMS}(u) = \lVert u\rVert_2/\sqrt{\#u}`,
+    one step does
+
+    .. math::
+
+        \beta_{2,n} &= 1 - n^{c}, \qquad
+        \rho_n = \min\!\left(\rho,\; 1/\sqrt{n}\right), \qquad
+        \alpha_t = \max\!\left(\epsilon_2,\; \operatorname{RMS}(x_t)\right) \rho_n \\
+        \text{matrix } (r\times k):\quad
+        R_t &= \beta_{2,n} R_{t-1} + (1-\beta_{2,n})\, \tfrac1k (g_t^2)\,\mathbf 1_k, \qquad
+        C_t = \beta_{2,n} C_{t-1} + (1-\beta_{2,n})\, \tfrac1r \mathbf 1_r^\top (g_t^2) \\
+        \hat V_t &= \frac{R_t\, C_t}{\max(\operatorname{mean}(R_t),\; \epsilon_1)} \\
+        \text{otherwise:}\quad
+        \hat V_t &= V_t = \beta_{2,n} V_{t-1} + (1-\beta_{2,n})\, g_t^2 \\
+        U_t &= \frac{g_t}{\sqrt{\max(\hat V_t,\; \epsilon_1^2)}} \\
+        x_{t+1} &= (1 - \rho\lambda)\, x_t
+            - \frac{\alpha_t}{\max\!\left(1,\; \operatorname{RMS}(U_t)/d\right)}\, U_t
+
+    with :math:`R_{-1} = C_{-1} = V_{-1} = 0`. For a matrix, :math:`R`
+    (state ``row_var``, one number per row) and :math:`C` (``col_var``, one per
+    column) are moving averages of the row and column means of
+    :math:`g^2`; their outer product divided by the mean of :math:`R` is
+    the rank-1 reconstruction :math:`\hat V` that Shazeer & Stern derive
+    (it is exact when :math:`g^2` has rank one). State is :math:`r + k`
+    numbers instead of Adam's :math:`2rk`. Tensors of more than two
+    dimensions are factored over their last two dimensions (the leading
+    ones are a batch); vectors and scalars keep a full :math:`V`.
+
+    * :math:`\beta_{2,n} = 1 - n^{c}` grows towards 1 (with :math:`c = -0.8`,
+      :math:`\beta_{2,1} = 0`): the first step uses :math:`g_0^2` exactly, so
+      no bias correction is needed.
+    * **Relative step size**: the step is :math:`\alpha_t` *times the scale
+      of the parameters* (at least :math:`\epsilon_2`), capped by
+      :math:`\rho` and decaying as :math:`1/\sqrt{n}` once
+      :math:`n > 1/\rho^2`.
+    * **Update clipping**: :math:`U_t` is scaled down when its RMS exceeds
+      :math:`d`, which replaces momentum's smoothing of rare large updates.
+
+    Conventions (those of ``torch.optim.Adafactor``), and where they differ
+    from the paper:
+
+    * No first moment (the paper's :math:`\beta_1 = 0` setting).
+    * :math:`\epsilon_1` bounds :math:`\hat V` from below (by
+      :math:`\epsilon_1^2`) and the mean of :math:`R` (by :math:`\epsilon_1`);
+      the paper adds :math:`\epsilon_1` to :math:`g^2`. ``eps[0] = None``
+      (the default) means the machine epsilon of the parameter's dtype.
+    * The row and column means are computed as squared norms divided by
+      the length, :math:`\lVert g\rVert^2/k`.
+    * Weight decay is decoupled and scaled by :math:`\rho` (``lr``), not by
+      the actual step :math:`\alpha_t`; :math:`\alpha_t` is computed before
+      the decay.
+    * Complex parameters are refused, as by torch.
+
+    State per parameter: ``step`` and either ``row_var`` (:math:`R_t`, shape
+    with the last dimension 1) and ``col_var`` (:math:`C_t`, the
+    second-to-last dimension 1), or ``variance`` (:math:`V_t`), as in
+    ``torch.optim.Adafactor``.
+
+    Args:
+        params: iterable of parameters (or ``(name, parameter)`` pairs) or of
+            dicts defining parameter groups.
+        lr: largest relative step size :math:`\rho \ge 0`, float or 1-element
+            tensor (default: 1e-2).
+        beta2_decay: :math:`c \le 0`, the exponent in :math:`\beta_{2,n} = 1 - n^{c}` (default: -0.8).
+        eps: :math:`(\epsilon_1, \epsilon_2)`, :math:`\epsilon_1 \ge 0` or None
+            (machine epsilon), :math:`\epsilon_2 \ge 0` (default: (None, 1e-3)).
+        d: clipping threshold :math:`d \ge 1` on the RMS of :math:`U_t` (default: 1.0).
+        weight_decay: :math:`\lambda \ge 0` (default: 0.0).
+        foreach: use the multi-tensor ``torch._foreach_*`` implementation;
+            ``None`` (the default) picks it, as ``torch.optim`` does, when all
+            tensors are plain tensors on CUDA (or another accelerator with
+            foreach kernels), and the single-tensor loop on CPU.
+        maximize: maximize the objective instead of minimizing (default: False).
+
+    Reference:
+        Shazeer & Stern (2018), *Adafactor: Adaptive Learning Rates with
+        Sublinear Memory Cost*, ICML.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+    ) -> None:
+        with torch_phrase(f"Learning rate should be >= 0 but is: {_fmt(lr)}"):
+            _check_lr(lr)
+        with torch_phrase(f"beta2_decay should be <= 0 but is: {beta2_decay}"):
+            if not _real_number("beta2_decay", beta2_decay) <= 0:
+                raise ValueError(f"Invalid beta2_decay: {beta2_decay!r} (must be <= 0)")
+        if isinstance(eps, (str, Tensor)) or not isinstance(eps, Sequence) or len(eps) != 2:
+            raise ValueError(f"Invalid eps: {eps!r} (must be a pair (eps1 or None, eps2))")
+        if eps[0] is not None:
+            with torch_phrase(f"epsilon1 should be >= 0 but is: {eps[0]}"):
+                _check_nonnegative("eps[0]", eps[0])
+        with torch_phrase(f"epsilon2 should be >= 0 but is: {eps[1]}"):
+            _check_nonnegative("eps[1]", eps[1])
+        with torch_phrase(f"Clipping threshold d should be >= 1 but is: {d}"):
+            if not _real_number("d", d) >= 1:
+                raise ValueError(f"Invalid d: {d!r} (must be >= 1)")
+        with torch_phrase(f"weight_decay should be >= 0 but is: {weight_decay}"):
+            _check_nonnegative("weight_decay", weight_decay)
+        _check_impl_flags("Adafactor", foreach=foreach)
+        defaults = dict(
+            lr=lr,
+            beta2_decay=beta2_decay,
+            eps=tuple(eps),
+            d=d,
+            weight_decay=weight_decay,
+            foreach=foreach,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        state: dict[str, Any] = {"step": _new_step()}
+        if p.dim() > 1:
+            state["row_var"] = p.new_zeros(p.shape[:-1] + (1,))
+            state["col_var"] = p.new_zeros(p.shape[:-2] + (1, p.shape[-1]))
+        else:
+            state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params, grads, _, has_complex = self._gather(group)
+        if has_complex:
+            raise RuntimeError(
+                "Adafactor does not support complex parameters (its factored second "
+                "moments are defined for real matrices; view them with torch.view_as_real)"
+            )
+        states = [self._lazy_state(p, group) for p in params]
+        eps1, eps2 = group["eps"]
+        adafactor(
+            params,
+            grads,
+            [s.get("row_var") for s in states],
+            [s.get("col_var") for s in states],
+            [s.get("variance") for s in states],
+            [s["step"] for s in states],
+            lr=group["lr"],
+            beta2_decay=group["beta2_decay"],
+            eps1=eps1,
+            eps2=eps2,
+            d=group["d"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Functional core                                                              #
+# --------------------------------------------------------------------------- #
+
+
+def adafactor(
+    params: list[Tensor],
+    grads: list[Tensor],
+    row_vars: list[Tensor | None],
+    col_vars: list[Tensor | None],
+    variances: list[Tensor | None],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor = 1e-2,
+    beta2_decay: float = -0.8,
+    eps1: float | None = None,
+    eps2: float = 1e-3,
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> None:
+    r"""Functional Adafactor: update ``params`` and the state lists in place.
+
+    For each parameter either ``row_vars[i]`` and ``col_vars[i]`` (:math:`R`,
+    :math:`C`; matrices and higher) or ``variances[i]`` (:math:`V`; vectors
+    and scalars) is a tensor and the other entries are None.
+    ``state_steps`` are 0-dim tensors, incremented here. See :class:`Adafactor`.
+    """
+    if not all(torch.is_tensor(s) for s in state_steps):
+        raise TypeError("state_steps must be a list of 0-dim tensors")
+    impl = _resolve_impl(params, foreach)
+    func = _multi_tensor_adafactor if impl == "foreach" else _single_tensor_adafactor
+    func(
+        params,
+        grads,
+        row_vars,
+        col_vars,
+        variances,
+        state_steps,
+        lr=lr,
+        beta2_decay=beta2_decay,
+        eps1=eps1,
+        eps2=eps2,
+        d=d,
+        weight_decay=weight_decay,
+        maximize=maximize,
+    )
+
+
+def _rms(u: Tensor) -> float:
+    """RMS(u) = ||u||_2 / sqrt(#u), as a Python float."""
+    return u.norm(2).item() / (u.numel() ** 0.5)
+
+
+def _step_scalars(x: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float):
+    """``(1 - beta2_n, alpha_t)``: the moving averages' weight and the step before clipping."""
+    rho_n = min(lr, 1 / (n**0.5))  # relative step size
+    return n**beta2_decay, max(eps2, _rms(x)) * rho_n
+
+
+def _mean_squares(g: Tensor, dim: int) -> Tensor:
+    """Mean of g^2 along ``dim`` (kept), computed as ||g||^2 / length like torch."""
+    return torch.norm(g, dim=dim, keepdim=True).square_().div_(g.size(dim))
+
+
+def _single_tensor_adafactor(
+    params: list[Tensor],
+    grads: list[Tensor],
+    row_vars: list[Tensor | None],
+    col_vars: list[Tensor | None],
+    variances: list[Tensor | None],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta2_decay: float,
+    eps1: float | None,
+    eps2: float,
+    d: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    for i, x in enumerate(params):
+        g = grads[i] if not maximize else -grads[i]
+        if eps1 is None:
+            eps1 = torch.finfo(x.dtype).eps
+        state_steps[i] += 1
+        n = state_steps[i].item()  # gradients seen, t + 1
+        w, alpha = _step_scalars(x, n, lr, beta2_decay, eps2)  # w = 1 - beta2_n
+
+        if weight_decay != 0:
+            x.mul_(1 - lr * weight_decay)  # x <- (1 - rho * lambda) * x
+
+        if g.dim() > 1:
+            R, C = row_vars[i], col_vars[i]
+            R.lerp_(_mean_squares(g, -1), w)  # R_t: row means of g^2
+            C.lerp_(_mean_squares(g, -2), w)  # C_t: column means of g^2
+            V_hat = R @ C  # rank-1 reconstruction R C / mean(R)
+            V_hat.div_(R.mean(dim=-2, keepdim=True).clamp_(min=eps1))
+        else:
+            V = variances[i]
+            V.lerp_(g * g, w)  # V_t = beta2_n V_{t-1} + (1 - beta2_n) g^2
+            V_hat = V.clone()
+
+        U = V_hat.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)  # U_t = g / sqrt(max(V_hat, eps1^2))
+        clip = max(1.0, _rms(U) / d)  # update clipping
+        x.add_(U, alpha=-alpha / clip)
+
+
+def _group_by_device_dtype_and_factoring(
+    tensorlists: list[list[Tensor | None]],
+) -> dict[tuple[torch.device, torch.dtype, bool], list[list[Tensor | None]]]:
+    """:func:`_group_by_device_and_dtype`, each bucket split into factored
+    (the gradient, ``tensorlists[1]``, has two or more dims) and unfactored tensors."""
+    out: dict[tuple[torch.device, torch.dtype, bool], list[list[Tensor | None]]] = {}
+    for (device, dtype), (lists, _) in _group_by_device_and_dtype(tensorlists).items():
+        for j, g in enumerate(lists[1]):
+            bucket = out.setdefault((device, dtype, g.dim() > 1), [[] for _ in lists])
+            for lst, src in zip(bucket, lists):
+                lst.append(src[j])
+    return out
+
+
+def _multi_tensor_adafactor(
+    params: list[Tensor],
+    grads: list[Tensor],
+    row_vars: list[Tensor | None],
+    col_vars: list[Tensor | None],
+    variances: list[Tensor | None],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta2_decay: float,
+    eps1: float | None,
+    eps2: float,
+    d: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    if not params:
+        return
+    lr = _as_float(lr)
+    buckets = _group_by_device_dtype_and_factoring(
+        [params, grads, row_vars, col_vars, variances, state_steps]
+    )
+    for (_, dtype, factored), (p_list, g_list, R_list, C_list, V_list, steps) in buckets.items():
+        # (per bucket: torch.optim keeps the first bucket's machine epsilon for
+        # all buckets of a group that mixes dtypes)
+        eps1_b = torch.finfo(dtype).eps if eps1 is None else eps1
+        if maximize:
+            g_list = torch._foreach_neg(g_list)
+        _increment_steps(steps)
+        ws, alphas = zip(*(_step_scalars(x, n.item(), lr, beta2_decay, eps2) for x, n in zip(p_list, steps)))
+
+        if weight_decay != 0:
+            torch._foreach_mul_(p_list, 1 - lr * weight_decay)
+
+        if factored:
+            for lst, dim in ((R_list, -1), (C_list, -2)):
+                means = [torch.norm(g, dim=dim, keepdim=True) for g in g_list]
+                torch._foreach_mul_(means, means)
+                torch._foreach_div_(means, [g.size(dim) for g in g_list])
+                torch._foreach_lerp_(lst, means, list(ws))
+                del means
+            V_hats = [R @ C for R, C in zip(R_list, C_list)]
+            R_means = [R.mean(dim=-2, keepdim=True) for R in R_list]
+            torch._foreach_clamp_min_(R_means, eps1_b)
+            torch._foreach_div_(V_hats, R_means)
+            del R_means
+        else:
+            squares = torch._foreach_mul(g_list, g_list)
+            torch._foreach_lerp_(V_list, squares, list(ws))
+            del squares
+            V_hats = [V.clone() for V in V_list]
+
+        torch._foreach_clamp_min_(V_hats, eps1_b * eps1_b)
+        torch._foreach_rsqrt_(V_hats)
+        torch._foreach_mul_(V_hats, g_list)
+        updates = V_hats
+        torch._foreach_mul_(updates, [-a / max(1.0, _rms(u) / d) for a, u in zip(alphas, updates)])
+        torch._foreach_add_(p_list, updates)
