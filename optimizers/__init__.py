@@ -20,6 +20,7 @@ RAdam        ``optimizers.radam``        ``radam``
 Rprop        ``optimizers.rprop``        ``rprop``
 ASGD         ``optimizers.asgd``         ``asgd``
 Adafactor    ``optimizers.adafactor``    ``adafactor``
+SparseAdam   ``optimizers.sparse_adam``  ``sparse_adam``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -38,6 +39,7 @@ from .radam import RAdam
 from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
+from .sparse_adam import SparseAdam
 from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
 from .schedules import warmup_cosine
 from .param_groups import param_groups
@@ -58,6 +60,7 @@ __all__ = [
     "Rprop",
     "ASGD",
     "Adafactor",
+    "SparseAdam",
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",

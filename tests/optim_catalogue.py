@@ -516,6 +516,41 @@ SHARED_PENDING: list[OptimizerInfo] = [
     ),
 ]
 
+# Entries whose interface the shared tests do not fit: SparseAdam takes only
+# sparse gradients (tests/test_sparse_adam.py). Their configurations, error
+# inputs and torch's error inputs live here all the same; the construction-level
+# shared tests run on them from tests/test_optimizers_torch_db.py.
+OWN_TESTS: list[OptimizerInfo] = [
+    OptimizerInfo(
+        name="SparseAdam",
+        cls=optimizers.SparseAdam,
+        ref_cls=torch.optim.SparseAdam,
+        # torch's OptimizerInfo configurations (optim_inputs_func_sparseadam),
+        # with larger learning rates, plus betas and eps
+        configs=[
+            {},
+            {"lr": 0.01},
+            {"lr": torch.tensor(0.01)},
+            {"lr": 0.05, "betas": (0.8, 0.9), "eps": 1e-6},
+            {"lr": 0.05, "maximize": True},
+        ],
+        state_keys=("step", "exp_avg", "exp_avg_sq"),
+        supports_sparse=True,
+        supports_complex=False,
+        error_inputs=[
+            ({"lr": -0.1}, "lr"),
+            ({"lr": 0.0}, "lr"),
+            ({"lr": NAN}, "lr"),
+            ({"lr": torch.tensor([0.1, 0.2])}, "lr"),
+            ({"eps": 0.0}, "eps"),
+            ({"eps": NAN}, "eps"),
+        ]
+        + _beta_errors(),
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [({"lr": 1e-2, "betas": (1.0, 0.0)}, "Invalid beta parameter at index 0: 1.0")],
+    ),
+]
+
 BY_NAME = {info.name: info for info in CATALOGUE}
 
 

@@ -26,11 +26,11 @@ from hypothesis import strategies as st
 
 import optimizers
 import test_optimizers as shared
-from optim_catalogue import CATALOGUE, SHARED_PENDING
+from optim_catalogue import CATALOGUE, OWN_TESTS, SHARED_PENDING
 from test_functional import SHAPES, _random, _steps, _zeros
 from test_properties import SETTINGS, _run, _single_intra_op_thread, betas, lrs, shapes, small_wd  # noqa: F401
 
-NEW = [i for i in CATALOGUE + SHARED_PENDING if i.torch_error_inputs]
+NEW = [i for i in CATALOGUE + SHARED_PENDING + OWN_TESTS if i.torch_error_inputs]
 
 
 def _params():
@@ -165,6 +165,8 @@ def test_random_problems_match_torch_optim(name, data, foreach):
 
 FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
 INFO = pytest.mark.parametrize("info", SHARED_PENDING, ids=lambda i: i.name)
+# construction-level tests also take the entries that have their own test files
+INFO_ALL = pytest.mark.parametrize("info", SHARED_PENDING + OWN_TESTS, ids=lambda i: i.name)
 INFO_CFG = pytest.mark.parametrize(
     "info,cfg",
     [(i, c) for i in SHARED_PENDING for c in i.configs],
@@ -265,8 +267,6 @@ def test_pending_low_precision_matches_torch(info, foreach, dtype):
     "test_maximize_is_minimize_of_negated_loss",
     "test_deepcopy_gives_an_independent_equal_optimizer",
     "test_hooks_named_parameters_and_added_groups",
-    "test_repr_names_class_and_hyperparameters",
-    "test_defaults_match_torch_signature",
     "test_tensor_lr_is_accepted",
     "test_long_run_rosenbrock_converges",
     "test_long_run_ill_conditioned_quadratic_converges",
@@ -277,19 +277,23 @@ def test_pending_shared(name, info):
 
 @pytest.mark.parametrize(
     "info,kwargs,name",
-    [pytest.param(i, kw, n, id=f"{i.name}-{n}-{shared._short(kw)}") for i in SHARED_PENDING for kw, n in i.error_inputs],
+    [
+        pytest.param(i, kw, n, id=f"{i.name}-{n}-{shared._short(kw)}")
+        for i in SHARED_PENDING + OWN_TESTS
+        for kw, n in i.error_inputs
+    ],
 )
 def test_pending_invalid_hyperparameter(info, kwargs, name):
     shared.test_invalid_hyperparameter_raises_value_error_naming_it(info, kwargs, name)
 
 
-@INFO
+@INFO_ALL
 @pytest.mark.parametrize("flag", ["differentiable", "capturable"])
 def test_pending_unimplemented_flags_are_refused(info, flag):
     shared.test_unimplemented_flags_are_refused(info, flag)
 
 
-@INFO
+@INFO_ALL
 @pytest.mark.parametrize(
     "params,kind",
     [([], "empty"), (None, "not iterable"), (3, "not iterable"), (torch.zeros(2, requires_grad=True), "tensor")],
@@ -297,3 +301,9 @@ def test_pending_unimplemented_flags_are_refused(info, flag):
 )
 def test_pending_invalid_params_argument(info, params, kind):
     shared.test_invalid_params_argument(info, params, kind)
+
+
+@INFO_ALL
+@pytest.mark.parametrize("name", ["test_repr_names_class_and_hyperparameters", "test_defaults_match_torch_signature"])
+def test_pending_shared_construction(name, info):
+    getattr(shared, name)(info)
