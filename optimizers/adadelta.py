@@ -33,26 +33,27 @@ __all__ = ["Adadelta", "adadelta"]
 class Adadelta(OptimizerBase):
     r"""Adadelta: scale each gradient by RMS(past updates) / RMS(past gradients).
 
-    With :math:`\theta_t` the parameters after step :math:`t`, :math:`\eta`
-    ``lr``, :math:`\rho` ``rho``, :math:`\epsilon` ``eps`` and :math:`\lambda`
-    ``weight_decay``, one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0, 1,
+    \dots`), :math:`\eta` ``lr``, :math:`\rho` ``rho``, :math:`\epsilon` ``eps``
+    and :math:`\lambda` ``weight_decay``, the step from :math:`\theta_t` does
 
     .. math::
 
-        g_t &= \pm\nabla f_t(\theta_{t-1}) + \lambda\,\theta_{t-1}
+        g_t &= \pm\nabla f_t(\theta_t) + \lambda\,\theta_t
               \qquad (\text{minus sign if } \texttt{maximize}) \\
-        v_t &= \rho\, v_{t-1} + (1-\rho)\, g_t^2 \\
-        \Delta_t &= \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}}\; g_t \\
-        u_t &= \rho\, u_{t-1} + (1-\rho)\, \Delta_t^2 \\
-        \theta_t &= \theta_{t-1} - \eta\, \Delta_t
+        v_{t+1} &= \rho\, v_t + (1-\rho)\, g_t^2 \\
+        \Delta_t &= \frac{\sqrt{u_t + \epsilon}}{\sqrt{v_{t+1} + \epsilon}}\; g_t \\
+        u_{t+1} &= \rho\, u_t + (1-\rho)\, \Delta_t^2 \\
+        \theta_{t+1} &= \theta_t - \eta\, \Delta_t
 
-    with :math:`v_0 = u_0 = 0`.
+    with :math:`v_0 = u_0 = 0`: the numerator uses :math:`u_t`, the average of
+    the updates made before this step.
 
     Conventions (those of ``torch.optim.Adadelta``):
 
     * :math:`\epsilon` is added **inside** both square roots, as in Zeiler's
       paper (it also seeds the very first steps, when :math:`u = 0`:
-      :math:`|\Delta_1| \approx \sqrt{\epsilon/(1-\rho)}`).
+      :math:`|\Delta_0| \approx \sqrt{\epsilon/(1-\rho)}`).
     * The learning rate :math:`\eta` multiplies the update. Zeiler's method
       has no learning rate; the default :math:`\eta = 1` recovers it.
     * Complex parameters are treated as pairs of real ones.

@@ -33,18 +33,21 @@ __all__ = ["Adagrad", "adagrad"]
 class Adagrad(OptimizerBase):
     r"""Adagrad: divide each coordinate's step by the root of its accumulated squared gradients.
 
-    With :math:`\theta_t` the parameters after step :math:`t`, :math:`\eta`
-    ``lr``, :math:`\kappa` ``lr_decay``, :math:`\lambda` ``weight_decay``,
-    :math:`\epsilon` ``eps`` and :math:`s_0` ``initial_accumulator_value``, one
-    step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0, 1,
+    \dots`), :math:`\eta` ``lr``, :math:`\nu` ``lr_decay``, :math:`\lambda`
+    ``weight_decay``, :math:`\epsilon` ``eps`` and :math:`s_0`
+    ``initial_accumulator_value``, the step from :math:`\theta_t` does
 
     .. math::
 
-        g_t &= \pm\nabla f_t(\theta_{t-1}) + \lambda\,\theta_{t-1}
+        g_t &= \pm\nabla f_t(\theta_t) + \lambda\,\theta_t
               \qquad (\text{minus sign if } \texttt{maximize}) \\
-        \eta_t &= \frac{\eta}{1 + (t-1)\,\kappa} \\
-        s_t &= s_{t-1} + g_t^2 \\
-        \theta_t &= \theta_{t-1} - \eta_t\, \frac{g_t}{\sqrt{s_t} + \epsilon}
+        \eta_t &= \frac{\eta}{1 + t\,\nu} \\
+        s_{t+1} &= s_t + g_t^2 \\
+        \theta_{t+1} &= \theta_t - \eta_t\, \frac{g_t}{\sqrt{s_{t+1}} + \epsilon}
+
+    After this step the ``step`` counter is :math:`t + 1`, so torch's
+    :math:`\eta / (1 + (\text{step} - 1)\,\nu)` is :math:`\eta_t` above.
 
     Conventions (those of ``torch.optim.Adagrad``):
 
@@ -54,8 +57,8 @@ class Adagrad(OptimizerBase):
       constructed (not lazily), so a fresh state dict already holds it. A
       param group's own ``initial_accumulator_value`` is honoured (torch uses
       the constructor's value for every group).
-    * ``lr_decay`` divides the learning rate by :math:`1 + (t-1)\kappa`; it is
-      not in Duchi et al.
+    * ``lr_decay`` divides the learning rate by :math:`1 + t\nu`
+      (:math:`t` steps taken before this one); it is not in Duchi et al.
     * Sparse gradients are supported (single-tensor code; only the rows
       present in the gradient are updated, and ``weight_decay`` must be 0).
     * Complex parameters are treated as pairs of real ones.
@@ -67,7 +70,7 @@ class Adagrad(OptimizerBase):
         params: iterable of parameters (or ``(name, parameter)`` pairs) or of
             dicts defining parameter groups.
         lr: learning rate :math:`\eta \ge 0`, float or 1-element tensor (default: 1e-2).
-        lr_decay: :math:`\kappa \ge 0` (default: 0).
+        lr_decay: :math:`\nu \ge 0` (default: 0).
         weight_decay: L2 penalty :math:`\lambda \ge 0` (default: 0).
         initial_accumulator_value: :math:`s_0 \ge 0` (default: 0).
         eps: :math:`\epsilon \ge 0` (default: 1e-10).
@@ -234,7 +237,7 @@ def _single_tensor_adagrad(
                 raise RuntimeError("Adagrad: weight_decay is not compatible with sparse gradients")
             g = g.add(theta, alpha=weight_decay)  # g_t + lambda * theta_{t-1}
 
-        lr_t = lr / (1 + (t - 1) * lr_decay)  # eta_t = eta / (1 + (t - 1) * kappa)
+        lr_t = lr / (1 + (t - 1) * lr_decay)  # eta / (1 + (step - 1) * nu)
 
         if g.is_sparse:
             # The update is not linear in g: merge duplicate indices first,

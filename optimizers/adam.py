@@ -32,24 +32,27 @@ from ._base import (
 __all__ = ["Adam", "AdamW", "adam", "adamw"]
 
 _ADAM_EQUATIONS = r"""
-    With :math:`\theta_t` the parameters after step :math:`t`, :math:`\eta` the
-    learning rate ``lr``, :math:`\beta_1, \beta_2` = ``betas``,
-    :math:`\epsilon` ``eps`` and :math:`\lambda` ``weight_decay``, one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0, 1,
+    \dots`), :math:`\eta` the learning rate ``lr``, :math:`\beta_1, \beta_2` =
+    ``betas``, :math:`\epsilon` ``eps`` and :math:`\lambda` ``weight_decay``, the
+    step from :math:`\theta_t` does
 
     .. math::
 
-        g_t &= \pm\nabla f_t(\theta_{t-1}) \;[+\, \lambda\theta_{t-1}]
+        g_t &= \pm\nabla f_t(\theta_t) \;[+\, \lambda\theta_t]
               \qquad (\text{minus sign if } \texttt{maximize}) \\
-        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t \\
-        v_t &= \beta_2 v_{t-1} + (1-\beta_2)\, g_t^2 \\
-        v^{\max}_t &= \max(v^{\max}_{t-1}, v_t)
+        m_{t+1} &= \beta_1 m_t + (1-\beta_1)\, g_t \\
+        v_{t+1} &= \beta_2 v_t + (1-\beta_2)\, g_t^2 \\
+        v^{\max}_{t+1} &= \max(v^{\max}_t, v_{t+1})
               \qquad (\text{amsgrad only}) \\
-        \hat m_t &= \frac{m_t}{1-\beta_1^t}, \qquad
-        \hat v_t = \frac{v^{\max}_t \text{ if amsgrad, else } v_t}{1-\beta_2^t} \\
-        \theta_t &= \theta_{t-1}\;[\,\cdot\,(1-\eta\lambda)]
-            - \eta\, \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
+        \hat m_{t+1} &= \frac{m_{t+1}}{1-\beta_1^{t+1}}, \qquad
+        \hat v_{t+1} = \frac{v^{\max}_{t+1} \text{ if amsgrad, else } v_{t+1}}{1-\beta_2^{t+1}} \\
+        \theta_{t+1} &= \theta_t\;[\,\cdot\,(1-\eta\lambda)]
+            - \eta\, \frac{\hat m_{t+1}}{\sqrt{\hat v_{t+1}} + \epsilon}
 
-    with :math:`m_0 = v_0 = v^{\max}_0 = 0`.
+    with :math:`m_0 = v_0 = v^{\max}_0 = 0`. The bias corrections use the
+    number of gradients seen, :math:`t + 1`, which is the ``step`` counter
+    after this step.
 """
 
 _ADAM_WEIGHT_DECAY = r"""
@@ -65,16 +68,16 @@ _ADAM_CONVENTIONS = r"""
     Conventions (those of ``torch.optim``):
 
     * :math:`\epsilon` is added **outside** the square root and **after** the
-      bias corrections, :math:`\hat m_t / (\sqrt{\hat v_t} + \epsilon)`, as in
+      bias corrections, :math:`\hat m / (\sqrt{\hat v} + \epsilon)`, as in
       Algorithm 1 of Kingma & Ba (not the more efficient form at the end of
       their Section 2, which adds :math:`\hat\epsilon` to the uncorrected
-      :math:`\sqrt{v_t}`).
+      :math:`\sqrt{v}`).
     * **AMSGrad** takes the running maximum of the *biased* second moment
-      :math:`v_t` and then bias-corrects the maximum with :math:`1-\beta_2^t`
-      (Reddi et al. use no bias correction at all).
-    * :math:`m_t` is computed as ``m.lerp_(g, 1 - beta1)``, i.e.
-      :math:`m_{t-1} + (1-\beta_1)(g_t - m_{t-1})`: the same number up to
-      rounding.
+      :math:`v` and then bias-corrects the maximum with
+      :math:`1-\beta_2^{t+1}` (Reddi et al.'s AMSGrad has neither a bias
+      correction nor an :math:`\epsilon`).
+    * :math:`m_{t+1}` is computed as ``m.lerp_(g, 1 - beta1)``, i.e.
+      :math:`m_t + (1-\beta_1)(g_t - m_t)`: the same number up to rounding.
     * Complex parameters are treated as pairs of real ones (real and
       imaginary parts get separate second moments).
 """
@@ -218,7 +221,7 @@ class AdamW(Adam):
 
     Identical to ``Adam(..., decoupled_weight_decay=True)``:
 """
-        + _ADAM_EQUATIONS.replace(r"\;[+\, \lambda\theta_{t-1}]", "").replace(
+        + _ADAM_EQUATIONS.replace(r"\;[+\, \lambda\theta_t]", "").replace(
             r"\;[\,\cdot\,(1-\eta\lambda)]", r"\,(1-\eta\lambda)"
         )
         + _ADAM_CONVENTIONS

@@ -33,40 +33,43 @@ __all__ = ["RMSprop", "rmsprop"]
 class RMSprop(OptimizerBase):
     r"""RMSprop: divide the gradient by a running root mean square of recent gradients.
 
-    With :math:`\theta_t` the parameters after step :math:`t`, :math:`\eta`
-    ``lr``, :math:`\alpha` ``alpha`` (the smoothing constant), :math:`\epsilon`
-    ``eps``, :math:`\lambda` ``weight_decay`` and :math:`\mu` ``momentum``, one
-    step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0, 1,
+    \dots`), :math:`\eta` ``lr``, :math:`\alpha` ``alpha`` (the smoothing
+    constant), :math:`\epsilon` ``eps``, :math:`\lambda` ``weight_decay`` and
+    :math:`\beta` ``momentum``, the step from :math:`\theta_t` does
 
     .. math::
 
-        g_t &= \pm\nabla f_t(\theta_{t-1}) + \lambda\,\theta_{t-1}
+        g_t &= \pm\nabla f_t(\theta_t) + \lambda\,\theta_t
               \qquad (\text{minus sign if } \texttt{maximize}) \\
-        v_t &= \alpha\, v_{t-1} + (1-\alpha)\, g_t^2 \\
-        \bar g_t &= \alpha\, \bar g_{t-1} + (1-\alpha)\, g_t
+        v_{t+1} &= \alpha\, v_t + (1-\alpha)\, g_t^2 \\
+        \bar g_{t+1} &= \alpha\, \bar g_t + (1-\alpha)\, g_t
               \qquad (\text{centered only}) \\
-        \tilde v_t &= v_t - \bar g_t^2 \;\text{ if centered, else }\; v_t \\
-        b_t &= \mu\, b_{t-1} + \frac{g_t}{\sqrt{\tilde v_t} + \epsilon}, \qquad
-        \theta_t = \theta_{t-1} - \eta\, b_t \qquad (\mu > 0) \\
-        \theta_t &= \theta_{t-1} - \eta\, \frac{g_t}{\sqrt{\tilde v_t} + \epsilon}
-              \qquad (\mu = 0)
+        \tilde v_{t+1} &= v_{t+1} - \bar g_{t+1}^2 \;\text{ if centered, else }\; v_{t+1} \\
+        b_{t+1} &= \beta\, b_t + \frac{g_t}{\sqrt{\tilde v_{t+1}} + \epsilon}, \qquad
+        \theta_{t+1} = \theta_t - \eta\, b_{t+1} \qquad (\beta > 0) \\
+        \theta_{t+1} &= \theta_t - \eta\, \frac{g_t}{\sqrt{\tilde v_{t+1}} + \epsilon}
+              \qquad (\beta = 0)
 
-    with :math:`v_0 = \bar g_0 = b_0 = 0`.
+    with :math:`v_0 = \bar g_0 = b_0 = 0`. The index of the state counts the
+    gradients it has absorbed: after this step the ``step`` counter is
+    :math:`t + 1`.
 
     Conventions (those of ``torch.optim.RMSprop``):
 
-    * :math:`\epsilon` is added **outside** the square root
-      (TensorFlow/Keras add it inside: :math:`\sqrt{v_t + \epsilon}`).
-    * No bias correction: :math:`v_t` starts at 0, so early steps are large
-      (about :math:`\eta/\sqrt{1-\alpha}` times the gradient's sign).
+    * :math:`\epsilon` is added **outside** the square root (Keras adds it
+      inside, :math:`\sqrt{v + \epsilon}`, with a default of 1e-7).
+    * No bias correction: :math:`v` starts at 0, so early steps are large
+      (the first is about :math:`\eta/\sqrt{1-\alpha}` times the gradient's sign).
     * The centered variant (Graves, 2013) divides by an estimate of the
-      gradient's standard deviation instead of its root mean square.
+      gradient's standard deviation instead of its root mean square (Graves
+      puts his :math:`\epsilon` inside the root; torch, and this class, outside).
     * Momentum is applied to the already normalized step, with the learning
       rate outside the buffer.
     * Complex parameters are treated as pairs of real ones.
 
     State per parameter: ``step``, ``square_avg`` (:math:`v_t`),
-    ``momentum_buffer`` (:math:`b_t`, if :math:`\mu > 0`) and ``grad_avg``
+    ``momentum_buffer`` (:math:`b_t`, if :math:`\beta > 0`) and ``grad_avg``
     (:math:`\bar g_t`, if centered), as in ``torch.optim.RMSprop``.
 
     Args:
@@ -76,7 +79,7 @@ class RMSprop(OptimizerBase):
         alpha: smoothing constant :math:`\alpha \in [0, 1]` (default: 0.99).
         eps: :math:`\epsilon \ge 0` (default: 1e-8).
         weight_decay: L2 penalty :math:`\lambda \ge 0` (default: 0).
-        momentum: :math:`\mu \ge 0` (default: 0).
+        momentum: momentum coefficient :math:`\beta \ge 0` (default: 0).
         centered: use the centered variant (default: False).
         capturable: not supported (must be False).
         foreach: use the multi-tensor ``torch._foreach_*`` implementation;
@@ -249,7 +252,7 @@ def _single_tensor_rmsprop(
 
         if momentum > 0:
             b = _real(momentum_buffers[i])
-            b.mul_(momentum).addcdiv_(g, denom)  # b_t = mu * b_{t-1} + g_t / denom
+            b.mul_(momentum).addcdiv_(g, denom)  # b = beta * b + g / denom
             theta.add_(b, alpha=-lr)  # theta_t = theta_{t-1} - eta * b_t
         else:
             theta.addcdiv_(g, denom, value=-lr)  # theta_t = theta_{t-1} - eta * g_t / denom
