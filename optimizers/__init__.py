@@ -21,6 +21,7 @@ Rprop        ``optimizers.rprop``        ``rprop``
 ASGD         ``optimizers.asgd``         ``asgd``
 Adafactor    ``optimizers.adafactor``    ``adafactor``
 SparseAdam   ``optimizers.sparse_adam``  ``sparse_adam``
+LBFGS        ``optimizers.lbfgs``        ``lbfgs_direction``, ``strong_wolfe``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -40,6 +41,7 @@ from .rmsprop import RMSprop
 from .rprop import Rprop
 from .sgd import SGD
 from .sparse_adam import SparseAdam
+from .lbfgs import LBFGS
 from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
 from .schedules import warmup_cosine
 from .param_groups import param_groups
@@ -61,6 +63,7 @@ __all__ = [
     "ASGD",
     "Adafactor",
     "SparseAdam",
+    "LBFGS",
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",

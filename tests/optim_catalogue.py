@@ -517,7 +517,8 @@ SHARED_PENDING: list[OptimizerInfo] = [
 ]
 
 # Entries whose interface the shared tests do not fit: SparseAdam takes only
-# sparse gradients (tests/test_sparse_adam.py). Their configurations, error
+# sparse gradients (tests/test_sparse_adam.py), LBFGS needs a closure and takes
+# one parameter group (tests/test_lbfgs.py). Their configurations, error
 # inputs and torch's error inputs live here all the same; the construction-level
 # shared tests run on them from tests/test_optimizers_torch_db.py.
 OWN_TESTS: list[OptimizerInfo] = [
@@ -548,6 +549,38 @@ OWN_TESTS: list[OptimizerInfo] = [
         + _beta_errors(),
         torch_error_inputs=_TORCH_COMMON_ERRORS
         + [({"lr": 1e-2, "betas": (1.0, 0.0)}, "Invalid beta parameter at index 0: 1.0")],
+    ),
+    OptimizerInfo(
+        name="LBFGS",
+        cls=optimizers.LBFGS,
+        ref_cls=torch.optim.LBFGS,
+        # torch's OptimizerInfo configurations (optim_inputs_func_lbfgs), plus a
+        # short memory, a small evaluation budget and a strong-Wolfe search with
+        # both, which exercise the memory's turnover and the line search's limit
+        configs=[
+            {},
+            {"lr": 0.01},
+            {"lr": torch.tensor(0.001)},
+            {"tolerance_grad": 1e-6},
+            {"line_search_fn": "strong_wolfe"},
+            {"lr": 0.5, "history_size": 3, "max_iter": 7},
+            {"line_search_fn": "strong_wolfe", "history_size": 2, "max_iter": 10, "max_eval": 6},
+        ],
+        state_keys=("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag"),
+        error_inputs=[
+            ({"lr": -0.1}, "lr"),
+            ({"lr": NAN}, "lr"),
+            ({"lr": torch.tensor([0.1, 0.2])}, "lr"),
+            ({"max_iter": 0}, "max_iter"),
+            ({"max_iter": 2.5}, "max_iter"),
+            ({"max_eval": 0}, "max_eval"),
+            ({"tolerance_grad": -1e-7}, "tolerance_grad"),
+            ({"tolerance_change": NAN}, "tolerance_change"),
+            ({"history_size": 0}, "history_size"),
+            ({"history_size": True}, "history_size"),
+            ({"line_search_fn": "armijo"}, "line_search_fn"),
+        ],
+        torch_error_inputs=list(_TORCH_COMMON_ERRORS),
     ),
 ]
 

@@ -16,7 +16,7 @@ from torch import nn
 
 import optimizers
 from optim_catalogue import OWN_TESTS
-from test_optimizers import TENSOR_LR, TIGHT, _roundtrip
+from test_optimizers import TIGHT, _roundtrip, tol_for
 from test_properties import _single_intra_op_thread  # noqa: F401  (autouse fixture)
 
 INFO = next(i for i in OWN_TESTS if i.name == "SparseAdam")
@@ -57,10 +57,6 @@ def _train(emb: nn.Embedding, opt, steps: int, sign: float = 1.0, start: int = 0
         opt.step()
 
 
-def _tol(cfg):
-    return TENSOR_LR if isinstance(cfg.get("lr"), torch.Tensor) else TIGHT
-
-
 def _assert_state_close(o1, o2, **tol):
     s1, s2 = o1.state_dict()["state"], o2.state_dict()["state"]
     assert s1.keys() == s2.keys()
@@ -78,7 +74,7 @@ def test_trajectory_matches_torch(cfg, dtype):
     o1, o2 = INFO.cls(e1.parameters(), **cfg), INFO.ref_cls(e2.parameters(), **cfg)
     _train(e1, o1, 40)
     _train(e2, o2, 40)
-    tol = _tol(cfg) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+    tol = tol_for(cfg) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(e1.weight, e2.weight, **tol)
     _assert_state_close(o1, o2, **tol)
     assert o1.state[e1.weight]["step"] == 40  # empty gradients count as steps
