@@ -61,8 +61,9 @@ class Adafactor(OptimizerBase):
     column) are moving averages of the row and column means of
     :math:`g^2`; their outer product divided by the mean of :math:`R` is
     the rank-1 reconstruction :math:`\hat V` that Shazeer & Stern derive
-    (it is exact when :math:`g^2` has rank one). State is :math:`r + k`
-    numbers instead of Adam's :math:`2rk`. Tensors of more than two
+    (it is exact when :math:`g^2` has rank one). The state is :math:`r + k`
+    numbers where a full second moment takes :math:`rk` (and Adam, with its
+    first moment, :math:`2rk`). Tensors of more than two
     dimensions are factored over their last two dimensions (the leading
     ones are a batch); vectors and scalars keep a full :math:`V`.
 

@@ -50,8 +50,8 @@ class ASGD(OptimizerBase):
     The parameters follow SGD with the step :math:`\eta_t \propto
     n^{-\alpha}` (for :math:`\lambda\eta n \gg 1`) and an extra decay
     :math:`\lambda\eta_t x_t`; the average :math:`\bar x` (state ``ax``)
-    copies the iterate for the first :math:`t_0` steps and from then on is
-    the plain mean of the iterates since :math:`t_0`. With a step that decays
+    copies the iterate for the first :math:`t_0 + 2` steps and from then on
+    is the plain mean of the iterates from :math:`x_{t_0 + 2}` on. With a step that decays
     more slowly than :math:`1/n` (:math:`\tfrac12 < \alpha < 1`), the average
     attains the optimal :math:`O(1/n)` rate of stochastic approximation that
     the last iterate does not (Polyak & Juditsky).

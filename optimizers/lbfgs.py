@@ -71,7 +71,8 @@ class LBFGS(OptimizerBase):
     condition guarantees :math:`y^\top s > 0`.
 
     **One call of** ``step(closure)`` runs up to ``max_iter`` iterations and
-    ``max_eval`` evaluations of the closure, and stops early when
+    about ``max_eval`` evaluations of the closure (a line search may end one
+    evaluation past it), and stops early when
     :math:`\max_j |g_{k,j}| \le` ``tolerance_grad``, when
     :math:`g_k^\top d_k > -`\ ``tolerance_change`` (not a descent direction),
     or when the step :math:`\max_j |t_k d_{k,j}|` or the change of the loss

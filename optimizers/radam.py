@@ -73,9 +73,9 @@ class RAdam(OptimizerBase):
 
     * :math:`\epsilon` is added to :math:`\sqrt{v_t}` *before* the bias
       correction :math:`\sqrt{1-\beta_2^n}` multiplies the quotient (Adam adds
-      it after); Liu et al. have no :math:`\epsilon` at all.
-    * The switch is :math:`\rho_t > 5` (the paper's Algorithm 2 says
-      :math:`\rho_t > 4`; its code uses 5).
+      it after); the paper's Algorithm 2 has no :math:`\epsilon`.
+    * The switch is :math:`\rho_t > 5` (the paper's Algorithm 2 tests
+      :math:`\rho_t > 4`, the authors' code :math:`\rho_t \ge 5`).
     * Complex parameters are treated as pairs of real ones.
 
     State per parameter: ``step`` (a 0-dim tensor holding :math:`n`),

@@ -63,7 +63,7 @@ class Rprop(OptimizerBase):
     * ``lr`` is the initial step size :math:`\Delta_{-1}`, not a multiplier
       of the gradient; a scheduler that changes ``lr`` later has no effect on
       the step sizes already in the state.
-    * There is no weight decay (an L2 term would only change signs).
+    * There is no ``weight_decay`` argument (put an L2 term in the loss).
     * Complex parameters are treated as pairs of real ones (each part has its
       own step size).
 

@@ -43,10 +43,13 @@ class SparseAdam(OptimizerBase):
     would decay the moments of every row (zero gradient is still a gradient)
     and keep moving rows with a nonzero :math:`m`. Lazy Adam touches
     :math:`|I_t|` rows per step instead of the whole table, which is the
-    point for large embeddings; rows seen rarely get fewer, larger moment
-    updates. The bias corrections use the *parameter's* step count
-    :math:`n`, not a per-row count, so a row first seen at step 1000 gets
-    almost no correction of its first moment.
+    point for large embeddings. The bias corrections use the *parameter's*
+    step count :math:`n`, not a per-row count: a row first seen late
+    (:math:`n \gg 1/(1-\beta_2)`) gets almost no correction, so its first
+    update is about
+    :math:`\eta(1-\beta_1)/\sqrt{1-\beta_2}` per coordinate (3.16
+    :math:`\eta` with the default betas) where Adam's first step is
+    :math:`\eta`.
 
     Conventions (those of ``torch.optim.SparseAdam``):
 

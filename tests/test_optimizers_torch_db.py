@@ -160,7 +160,7 @@ def test_random_problems_match_torch_optim(name, data, foreach):
 
 
 # --------------------------------------------------------------------------- #
-# The shared tests on SHARED_PENDING entries                                     #
+# The shared tests on SHARED_PENDING entries                                   #
 # --------------------------------------------------------------------------- #
 
 FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
@@ -307,3 +307,16 @@ def test_pending_invalid_params_argument(info, params, kind):
 @pytest.mark.parametrize("name", ["test_repr_names_class_and_hyperparameters", "test_defaults_match_torch_signature"])
 def test_pending_shared_construction(name, info):
     getattr(shared, name)(info)
+
+
+@shared.cuda
+@FOREACH
+@INFO
+def test_pending_cuda_matches_torch(info, foreach):
+    shared.test_cuda_matches_torch(info, foreach)
+
+
+@shared.cuda
+@INFO
+def test_pending_cuda_default_path_is_foreach(info, monkeypatch):
+    shared.test_cuda_default_path_is_foreach(info, monkeypatch)

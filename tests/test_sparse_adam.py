@@ -242,3 +242,24 @@ def test_sparse_or_complex_params_are_refused_like_torch(kind, grouped):
         with pytest.raises(ValueError, match=regex) as err:
             cls(params)
     assert str(err.value).startswith("Invalid params") and "must" in str(err.value)
+
+
+def test_a_row_first_seen_late_gets_the_tables_bias_correction():
+    """A row's first update at step n is lr sqrt(1 - beta2^n) / (1 - beta1^n) (1 - beta1) / sqrt(1 - beta2)
+    per coordinate: for n >> 1/(1 - beta2) that is 3.16 lr with the default betas, not Adam's lr."""
+    lr = 1e-3
+    emb = _table()
+    opt = INFO.cls(emb.parameters(), lr=lr)
+    for _ in range(2000):  # only row 0 is looked up
+        opt.zero_grad()
+        emb(torch.tensor([0])).sum().backward()
+        opt.step()
+    before = emb.weight[5].detach().clone()
+    opt.zero_grad()
+    emb(torch.tensor([5])).sum().backward()
+    opt.step()
+    moved = (before - emb.weight[5]).detach()
+    n, beta1, beta2 = 2001, 0.9, 0.999
+    expected = lr * (1 - beta2**n) ** 0.5 / (1 - beta1**n) * (1 - beta1) / (1 - beta2) ** 0.5
+    torch.testing.assert_close(moved, torch.full((DIM,), expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    assert 2.9 * lr < expected < 3.0 * lr  # at n = 2001 the correction of v still shrinks it by 7%
