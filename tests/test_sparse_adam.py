@@ -67,14 +67,18 @@ def _assert_state_close(o1, o2, **tol):
             torch.testing.assert_close(s1[k][key], s2[k][key], **tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+LOW_PRECISION_TOL = {torch.float32: dict(rtol=1e-6, atol=1e-7), torch.bfloat16: dict(rtol=1.6e-2, atol=1e-3)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["float64", "float32", "bfloat16"])
 @pytest.mark.parametrize("cfg", INFO.configs, ids=INFO.config_ids())
 def test_trajectory_matches_torch(cfg, dtype):
     e1, e2 = _table(dtype), _table(dtype)
     o1, o2 = INFO.cls(e1.parameters(), **cfg), INFO.ref_cls(e2.parameters(), **cfg)
     _train(e1, o1, 40)
     _train(e2, o2, 40)
-    tol = tol_for(cfg) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+    tol = tol_for(cfg) if dtype == torch.float64 else LOW_PRECISION_TOL[dtype]
+    assert e1.weight.dtype == o1.state[e1.weight]["exp_avg"].dtype == dtype
     torch.testing.assert_close(e1.weight, e2.weight, **tol)
     _assert_state_close(o1, o2, **tol)
     assert o1.state[e1.weight]["step"] == 40  # empty gradients count as steps
