@@ -62,7 +62,9 @@ class Rprop(OptimizerBase):
       previous step.
     * ``lr`` is the initial step size :math:`\Delta_{-1}`, not a multiplier
       of the gradient; a scheduler that changes ``lr`` later has no effect on
-      the step sizes already in the state.
+      the step sizes already in the state, and ``lr=0`` does not freeze the
+      parameters (the clip lifts :math:`\Delta` to :math:`\Delta_{\min}`
+      unless that is 0 too).
     * There is no ``weight_decay`` argument (put an L2 term in the loss).
     * Complex parameters are treated as pairs of real ones (each part has its
       own step size).
