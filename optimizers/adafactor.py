@@ -33,47 +33,48 @@ __all__ = ["Adafactor", "adafactor"]
 class Adafactor(OptimizerBase):
     r"""Adafactor: Adam's second moment kept as row and column averages, with relative steps.
 
-    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
-    :math:`g_t = \nabla f(x_t)` (negated if ``maximize``), :math:`\rho`
-    ``lr``, :math:`c` ``beta2_decay``, :math:`(\epsilon_1, \epsilon_2)` =
-    ``eps``, :math:`d` ``d``, :math:`\lambda` ``weight_decay``,
-    :math:`n = t + 1` the number of gradients seen after processing
-    :math:`g_t`, and :math:`\operatorname{RMS}(u) = \lVert u\rVert_2/\sqrt{\#u}`,
-    one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0,
+    1, \dots`), :math:`\rho` ``lr``, :math:`c` ``beta2_decay``,
+    :math:`(\epsilon_1, \epsilon_2)` = ``eps``, :math:`d` ``d``,
+    :math:`\lambda` ``weight_decay``, :math:`n = t + 1` the number of
+    gradients seen after this step (the ``step`` counter), and
+    :math:`\operatorname{RMS}(u) = \lVert u\rVert_2/\sqrt{\#u}`, the step from
+    :math:`\theta_t` does
 
     .. math::
 
+        g_t &= \pm\nabla f_t(\theta_t)
+              \qquad (\text{minus sign if } \texttt{maximize}) \\
         \beta_{2,n} &= 1 - n^{c}, \qquad
         \rho_n = \min\!\left(\rho,\; 1/\sqrt{n}\right), \qquad
-        \alpha_t = \max\!\left(\epsilon_2,\; \operatorname{RMS}(x_t)\right) \rho_n \\
+        \alpha_t = \max\!\left(\epsilon_2,\; \operatorname{RMS}(\theta_t)\right) \rho_n \\
         \text{matrix } (r\times k):\quad
-        R_t &= \beta_{2,n} R_{t-1} + (1-\beta_{2,n})\, \tfrac1k (g_t^2)\,\mathbf 1_k, \qquad
-        C_t = \beta_{2,n} C_{t-1} + (1-\beta_{2,n})\, \tfrac1r \mathbf 1_r^\top (g_t^2) \\
-        \hat V_t &= \frac{R_t\, C_t}{\max(\operatorname{mean}(R_t),\; \epsilon_1)} \\
+        R_{t+1} &= \beta_{2,n} R_t + (1-\beta_{2,n})\, \tfrac1k (g_t^2)\,\mathbf 1_k, \qquad
+        C_{t+1} = \beta_{2,n} C_t + (1-\beta_{2,n})\, \tfrac1r \mathbf 1_r^\top (g_t^2) \\
+        \hat V_{t+1} &= \frac{R_{t+1}\, C_{t+1}}{\max(\operatorname{mean}(R_{t+1}),\; \epsilon_1)} \\
         \text{otherwise:}\quad
-        \hat V_t &= V_t = \beta_{2,n} V_{t-1} + (1-\beta_{2,n})\, g_t^2 \\
-        U_t &= \frac{g_t}{\sqrt{\max(\hat V_t,\; \epsilon_1^2)}} \\
-        x_{t+1} &= (1 - \rho\lambda)\, x_t
+        \hat V_{t+1} &= V_{t+1} = \beta_{2,n} V_t + (1-\beta_{2,n})\, g_t^2 \\
+        U_t &= \frac{g_t}{\sqrt{\max(\hat V_{t+1},\; \epsilon_1^2)}} \\
+        \theta_{t+1} &= (1 - \rho\lambda)\, \theta_t
             - \frac{\alpha_t}{\max\!\left(1,\; \operatorname{RMS}(U_t)/d\right)}\, U_t
 
-    with :math:`R_{-1} = C_{-1} = V_{-1} = 0`. For a matrix, :math:`R`
-    (state ``row_var``, one number per row) and :math:`C` (``col_var``, one per
+    with :math:`R_0 = C_0 = V_0 = 0`. For a matrix, :math:`R` (state
+    ``row_var``, one number per row) and :math:`C` (``col_var``, one per
     column) are moving averages of the row and column means of
     :math:`g^2`; their outer product divided by the mean of :math:`R` is
     the rank-1 reconstruction :math:`\hat V` that Shazeer & Stern derive
     (it is exact when :math:`g^2` has rank one). The state is :math:`r + k`
     numbers where a full second moment takes :math:`rk` (and Adam, with its
-    first moment, :math:`2rk`). Tensors of more than two
-    dimensions are factored over their last two dimensions (the leading
-    ones are a batch); vectors and scalars keep a full :math:`V`.
+    first moment, :math:`2rk`). Tensors of more than two dimensions are
+    factored over their last two dimensions (the leading ones are a batch);
+    vectors and scalars keep a full :math:`V`.
 
     * :math:`\beta_{2,n} = 1 - n^{c}` grows towards 1 (with :math:`c = -0.8`,
       :math:`\beta_{2,1} = 0`): the first step uses :math:`g_0^2` exactly, so
       no bias correction is needed.
-    * **Relative step size**: the step is :math:`\alpha_t` *times the scale
-      of the parameters* (at least :math:`\epsilon_2`), capped by
-      :math:`\rho` and decaying as :math:`1/\sqrt{n}` once
-      :math:`n > 1/\rho^2`.
+    * **Relative step size**: :math:`\alpha_t` is the parameters' RMS (at
+      least :math:`\epsilon_2`) times :math:`\rho_n`, which is capped by
+      :math:`\rho` and decays as :math:`1/\sqrt{n}` once :math:`n > 1/\rho^2`.
     * **Update clipping**: :math:`U_t` is scaled down when its RMS exceeds
       :math:`d`, which replaces momentum's smoothing of rare large updates.
 
@@ -255,10 +256,10 @@ def _rms(u: Tensor) -> float:
     return u.norm(2).item() / (u.numel() ** 0.5)
 
 
-def _step_scalars(x: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float):
+def _step_scalars(theta: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float):
     """``(1 - beta2_n, alpha_t)``: the moving averages' weight and the step before clipping."""
     rho_n = min(lr, 1 / (n**0.5))  # relative step size
-    return n**beta2_decay, max(eps2, _rms(x)) * rho_n
+    return n**beta2_decay, max(eps2, _rms(theta)) * rho_n
 
 
 def _mean_squares(g: Tensor, dim: int) -> Tensor:
@@ -282,31 +283,31 @@ def _single_tensor_adafactor(
     weight_decay: float,
     maximize: bool,
 ) -> None:
-    for i, x in enumerate(params):
+    for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         if eps1 is None:
-            eps1 = torch.finfo(x.dtype).eps
+            eps1 = torch.finfo(theta.dtype).eps
         state_steps[i] += 1
         n = state_steps[i].item()  # gradients seen, t + 1
-        w, alpha = _step_scalars(x, n, lr, beta2_decay, eps2)  # w = 1 - beta2_n
+        w, alpha = _step_scalars(theta, n, lr, beta2_decay, eps2)  # w = 1 - beta2_n
 
         if weight_decay != 0:
-            x.mul_(1 - lr * weight_decay)  # x <- (1 - rho * lambda) * x
+            theta.mul_(1 - lr * weight_decay)  # theta <- (1 - rho * lambda) * theta
 
         if g.dim() > 1:
             R, C = row_vars[i], col_vars[i]
-            R.lerp_(_mean_squares(g, -1), w)  # R_t: row means of g^2
-            C.lerp_(_mean_squares(g, -2), w)  # C_t: column means of g^2
+            R.lerp_(_mean_squares(g, -1), w)  # R_{t+1}: row means of g^2
+            C.lerp_(_mean_squares(g, -2), w)  # C_{t+1}: column means of g^2
             V_hat = R @ C  # rank-1 reconstruction R C / mean(R)
             V_hat.div_(R.mean(dim=-2, keepdim=True).clamp_(min=eps1))
         else:
             V = variances[i]
-            V.lerp_(g * g, w)  # V_t = beta2_n V_{t-1} + (1 - beta2_n) g^2
+            V.lerp_(g * g, w)  # V_{t+1} = beta2_n V_t + (1 - beta2_n) g_t^2
             V_hat = V.clone()
 
         U = V_hat.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)  # U_t = g / sqrt(max(V_hat, eps1^2))
         clip = max(1.0, _rms(U) / d)  # update clipping
-        x.add_(U, alpha=-alpha / clip)
+        theta.add_(U, alpha=-alpha / clip)
 
 
 def _group_by_device_dtype_and_factoring(
@@ -352,7 +353,7 @@ def _multi_tensor_adafactor(
         if maximize:
             g_list = torch._foreach_neg(g_list)
         _increment_steps(steps)
-        ws, alphas = zip(*(_step_scalars(x, n.item(), lr, beta2_decay, eps2) for x, n in zip(p_list, steps)))
+        ws, alphas = zip(*(_step_scalars(p, n.item(), lr, beta2_decay, eps2) for p, n in zip(p_list, steps)))
 
         if weight_decay != 0:
             torch._foreach_mul_(p_list, 1 - lr * weight_decay)

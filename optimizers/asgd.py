@@ -32,33 +32,35 @@ __all__ = ["ASGD", "asgd"]
 class ASGD(OptimizerBase):
     r"""ASGD: SGD with a slowly decaying step and a running average of the iterates.
 
-    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
-    :math:`g_t = \nabla f(x_t)` (negated if ``maximize``), :math:`\eta`
-    ``lr``, :math:`\lambda` ``lambd``, :math:`\alpha` ``alpha``, :math:`t_0`
-    ``t0``, :math:`\omega` ``weight_decay`` and :math:`n = t + 1` the number
-    of gradients seen after processing :math:`g_t`, one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0,
+    1, \dots`), :math:`\eta` ``lr``, :math:`\lambda` ``lambd``,
+    :math:`\alpha` ``alpha``, :math:`t_0` ``t0`` and :math:`\omega`
+    ``weight_decay``, the step from :math:`\theta_t` does
 
     .. math::
 
-        \tilde g_t &= g_t + \omega\, x_t \\
-        x_{t+1} &= (1 - \lambda\eta_t)\, x_t - \eta_t\, \tilde g_t \\
-        \bar x_{t+1} &= \bar x_t + \mu_t\,(x_{t+1} - \bar x_t) \\
-        \eta_{t+1} &= \frac{\eta}{(1 + \lambda\eta\, n)^{\alpha}}, \qquad
-        \mu_{t+1} = \frac{1}{\max(1,\; n - t_0)}
+        g_t &= \pm\nabla f_t(\theta_t) + \omega\,\theta_t
+              \qquad (\text{minus sign if } \texttt{maximize}) \\
+        \theta_{t+1} &= (1 - \lambda\eta_t)\, \theta_t - \eta_t\, g_t \\
+        \bar\theta_{t+1} &= \bar\theta_t + \mu_t\,(\theta_{t+1} - \bar\theta_t) \\
+        \eta_{t+1} &= \frac{\eta}{(1 + \lambda\eta\, (t+1))^{\alpha}}, \qquad
+        \mu_{t+1} = \frac{1}{\max(1,\; t + 1 - t_0)}
 
-    with :math:`\eta_0 = \eta`, :math:`\mu_0 = 1` and :math:`\bar x_0 = 0`.
-    The parameters follow SGD with the step :math:`\eta_t \propto
-    n^{-\alpha}` (for :math:`\lambda\eta n \gg 1`) and an extra decay
-    :math:`\lambda\eta_t x_t`; the average :math:`\bar x` (state ``ax``)
-    copies the iterate for the first :math:`t_0 + 2` steps and from then on
-    is the plain mean of the iterates from :math:`x_{t_0 + 2}` on. With a step that decays
-    more slowly than :math:`1/n` (:math:`\tfrac12 < \alpha < 1`), the average
-    attains the optimal :math:`O(1/n)` rate of stochastic approximation that
-    the last iterate does not (Polyak & Juditsky).
+    with :math:`\eta_0 = \eta`, :math:`\mu_0 = 1` and :math:`\bar\theta_0 = 0`
+    (:math:`t + 1` is the ``step`` counter after the step). The parameters
+    follow SGD with the step :math:`\eta_t \propto t^{-\alpha}` (once
+    :math:`\lambda\eta t \gg 1`) and an extra decay
+    :math:`\lambda\eta_t\theta_t`; the average :math:`\bar\theta` (state
+    ``ax``) copies the iterate for the first :math:`t_0 + 2` steps and from
+    then on is the plain mean of the iterates from :math:`\theta_{t_0 + 2}`
+    on. With a step that decays more slowly than :math:`1/t`
+    (:math:`\tfrac12 < \alpha < 1`), the average attains the optimal
+    :math:`O(1/t)` rate of stochastic approximation that the last iterate
+    does not (Polyak & Juditsky).
 
     Conventions (those of ``torch.optim.ASGD``):
 
-    * **The model's parameters are the last iterate** :math:`x_t`, not the
+    * **The model's parameters are the last iterate** :math:`\theta_t`, not the
       average: to evaluate the averaged model, copy ``state["ax"]`` into the
       parameters yourself (``torch.optim.swa_utils.AveragedModel`` is the
       other route).
@@ -74,7 +76,7 @@ class ASGD(OptimizerBase):
     * Complex parameters are treated as pairs of real ones.
 
     State per parameter: ``step``, ``eta`` (:math:`\eta_t`), ``mu``
-    (:math:`\mu_t`) and ``ax`` (:math:`\bar x_t`), as in ``torch.optim.ASGD``.
+    (:math:`\mu_t`) and ``ax`` (:math:`\bar\theta_t`), as in ``torch.optim.ASGD``.
 
     Args:
         params: iterable of parameters (or ``(name, parameter)`` pairs) or of
@@ -209,7 +211,7 @@ def asgd(
 ) -> None:
     r"""Functional ASGD: update ``params`` and the state lists in place.
 
-    ``axs`` (:math:`\bar x`), and the 0-dim tensors ``mus`` (:math:`\mu_t`),
+    ``axs`` (:math:`\bar\theta`), and the 0-dim tensors ``mus`` (:math:`\mu_t`),
     ``etas`` (:math:`\eta_t`) and ``state_steps`` (incremented here). See
     :class:`ASGD`.
     """
@@ -254,24 +256,24 @@ def _single_tensor_asgd(
     has_complex: bool,
 ) -> None:
     # A tensor lr stays a tensor: eta_{t+1} then rounds as in torch.optim.
-    for i, x in enumerate(params):
+    for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         # complex numbers: real and imaginary parts are separate coordinates
-        x, g, ax = _real(x), _real(g), _real(axs[i])
+        theta, g, ax = _real(theta), _real(g), _real(axs[i])
         state_steps[i] += 1
         n = state_steps[i].item()  # gradients seen, t + 1
 
         if weight_decay != 0:
-            g = g.add(x, alpha=weight_decay)  # g_t + omega * x_t
+            g = g.add(theta, alpha=weight_decay)  # g_t + omega * theta_t
 
         eta_t = etas[i].item()
-        x.mul_(1 - lambd * eta_t)  # (1 - lambda * eta_t) * x_t
-        x.add_(g, alpha=-eta_t)  # ... - eta_t * g_t
+        theta.mul_(1 - lambd * eta_t)  # (1 - lambda * eta_t) * theta_t
+        theta.add_(g, alpha=-eta_t)  # ... - eta_t * g_t
 
         if mus[i].item() != 1:
-            ax.add_(x.sub(ax).mul_(mus[i]))  # x_bar += mu_t * (x_{t+1} - x_bar)
+            ax.add_(theta.sub(ax).mul_(mus[i]))  # theta_bar += mu_t * (theta_{t+1} - theta_bar)
         else:
-            ax.copy_(x)  # mu_t = 1: the average is the iterate
+            ax.copy_(theta)  # mu_t = 1: the average is the iterate
 
         etas[i].copy_(torch.as_tensor(lr / ((1 + lambd * lr * n) ** alpha)))
         mus[i].copy_(torch.as_tensor(1 / max(1, n - t0)))
@@ -301,9 +303,9 @@ def _multi_tensor_asgd(
             _view_as_real_lists(p_list, g_list, ax_list)
         _increment_steps(steps)
 
-        # x <- x - eta_t * (g_t + omega * x + lambda * x): the single-tensor
-        # update with the two terms in x gathered (torch.optim's order)
-        if maximize or weight_decay != 0:  # a fresh list: add lambda * x in place
+        # theta <- theta - eta_t * (g_t + (omega + lambda) theta): the single-tensor
+        # update with the two terms in theta gathered (torch.optim's order)
+        if maximize or weight_decay != 0:  # a fresh list: add lambda * theta in place
             g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
             torch._foreach_add_(g_list, p_list, alpha=lambd)
         else:
@@ -312,7 +314,7 @@ def _multi_tensor_asgd(
         del g_list
 
         diffs = torch._foreach_sub(p_list, ax_list)
-        torch._foreach_addcmul_(ax_list, diffs, mu_list)  # x_bar += mu_t * (x_{t+1} - x_bar)
+        torch._foreach_addcmul_(ax_list, diffs, mu_list)  # theta_bar += mu_t * (theta_{t+1} - theta_bar)
         del diffs
 
         # eta_{t+1} in the steps' dtype (the counters are tensors here)

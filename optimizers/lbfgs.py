@@ -24,16 +24,17 @@ __all__ = ["LBFGS", "lbfgs_direction", "strong_wolfe", "cubic_interpolate"]
 class LBFGS(OptimizerBase):
     r"""L-BFGS: Newton-like steps from the last ``history_size`` gradient differences.
 
-    All parameters are treated as one flat vector :math:`x` (complex ones as
-    pairs of reals). With :math:`g_k = \nabla f(x_k)`, the last :math:`m`
-    (``history_size``) pairs :math:`s_i = x_{i+1} - x_i`,
+    All parameters are treated as one flat vector :math:`\theta` (complex ones
+    as pairs of reals). With :math:`g_k = \nabla f(\theta_k)` at iteration
+    :math:`k`, the last :math:`m` (``history_size``) pairs
+    :math:`s_i = \theta_{i+1} - \theta_i`,
     :math:`y_i = g_{i+1} - g_i` and :math:`\rho_i = 1/(y_i^\top s_i)`, one
     iteration does
 
     .. math::
 
         d_k &= -H_k\, g_k \quad\text{(two-loop recursion, below)} \\
-        x_{k+1} &= x_k + t_k\, d_k
+        \theta_{k+1} &= \theta_k + t_k\, d_k
 
     where :math:`H_k` is the BFGS inverse-Hessian approximation built from
     the pairs, starting from :math:`H_k^0 = \gamma_k I` with
@@ -63,8 +64,8 @@ class LBFGS(OptimizerBase):
 
     .. math::
 
-        f(x_k + t d_k) \le f(x_k) + c_1\, t\, g_k^\top d_k, \qquad
-        \lvert \nabla f(x_k + t d_k)^\top d_k \rvert \le c_2\, \lvert g_k^\top d_k\rvert,
+        f(\theta_k + t d_k) \le f(\theta_k) + c_1\, t\, g_k^\top d_k, \qquad
+        \lvert \nabla f(\theta_k + t d_k)^\top d_k \rvert \le c_2\, \lvert g_k^\top d_k\rvert,
 
     :math:`c_1 = 10^{-4}`, :math:`c_2 = 0.9`, by bracketing and cubic
     interpolation (Nocedal & Wright, Algorithms 3.5 and 3.6); the curvature
@@ -184,7 +185,7 @@ class LBFGS(OptimizerBase):
         return torch.cat(views, 0)
 
     def _add_to_params(self, t: float | Tensor, d: Tensor) -> None:
-        """x <- x + t * d, with d laid out as :meth:`_flat_grad`."""
+        """theta <- theta + t * d, with d laid out as :meth:`_flat_grad`."""
         offset = 0
         for p in self._params:
             p = torch.view_as_real(p) if p.is_complex() else p
@@ -192,7 +193,7 @@ class LBFGS(OptimizerBase):
             offset += p.numel()
 
     def _evaluate_along(self, closure: Callable[[], Any], x: list[Tensor], t, d: Tensor):
-        """(f(x + t d), grad f(x + t d)), leaving the parameters at x."""
+        """(f(x + t d), grad f(x + t d)) with x the parameters' values, leaving them at x."""
         self._add_to_params(t, d)
         loss = float(closure())
         g = self._flat_grad()
@@ -249,7 +250,7 @@ class LBFGS(OptimizerBase):
                 H_diag = 1
             else:
                 y = g.sub(prev_g)  # y = g_k - g_{k-1}
-                s = d.mul(t)  # s = x_k - x_{k-1}
+                s = d.mul(t)  # s = theta_k - theta_{k-1}
                 ys = y.dot(s)
                 if ys > 1e-10:  # curvature condition: keep the pair
                     if len(old_dirs) == history_size:
@@ -286,7 +287,7 @@ class LBFGS(OptimizerBase):
                 self._add_to_params(t, d)
                 opt_cond = g.abs().max() <= tolerance_grad
             else:
-                self._add_to_params(t, d)  # fixed step x_{k+1} = x_k + t d_k
+                self._add_to_params(t, d)  # fixed step theta_{k+1} = theta_k + t d_k
                 if n_iter != max_iter:  # the last gradient is evaluated by the next call
                     with torch.enable_grad():
                         loss = closure()

@@ -33,37 +33,38 @@ __all__ = ["RAdam", "radam"]
 class RAdam(OptimizerBase):
     r"""RAdam: Adam whose adaptive step is switched on only once its variance is finite.
 
-    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
-    :math:`g_t = \nabla f(x_t)` (negated if ``maximize``), :math:`\eta` ``lr``,
-    :math:`\beta_1, \beta_2` = ``betas``, :math:`\epsilon` ``eps``,
-    :math:`\lambda` ``weight_decay`` and :math:`n = t + 1` the number of
-    gradients seen after processing :math:`g_t`, one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0,
+    1, \dots`), :math:`\eta` the learning rate ``lr``, :math:`\beta_1,
+    \beta_2` = ``betas``, :math:`\epsilon` ``eps``, :math:`\lambda`
+    ``weight_decay`` and :math:`n = t + 1` the number of gradients seen after
+    this step (the ``step`` counter), the step from :math:`\theta_t` does
 
     .. math::
 
-        \tilde g_t &= g_t \;[+\, \lambda x_t] \\
-        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, \tilde g_t, \qquad
-        v_t = \beta_2 v_{t-1} + (1-\beta_2)\, \tilde g_t^2 \\
-        \hat m_t &= \frac{m_t}{1-\beta_1^{n}} \\
+        g_t &= \pm\nabla f_t(\theta_t) \;[+\, \lambda\theta_t]
+              \qquad (\text{minus sign if } \texttt{maximize}) \\
+        m_{t+1} &= \beta_1 m_t + (1-\beta_1)\, g_t, \qquad
+        v_{t+1} = \beta_2 v_t + (1-\beta_2)\, g_t^2 \\
+        \hat m_{t+1} &= \frac{m_{t+1}}{1-\beta_1^{n}} \\
         \rho_\infty &= \frac{2}{1-\beta_2} - 1, \qquad
-        \rho_t = \rho_\infty - \frac{2 n\, \beta_2^{n}}{1-\beta_2^{n}} \\
-        r_t &= \sqrt{\frac{(\rho_t-4)(\rho_t-2)\,\rho_\infty}
-                          {(\rho_\infty-4)(\rho_\infty-2)\,\rho_t}} \\
-        x_{t+1} &= x_t\;[\,\cdot\,(1-\eta\lambda)] -
+        \rho_{t+1} = \rho_\infty - \frac{2 n\, \beta_2^{n}}{1-\beta_2^{n}} \\
+        r_{t+1} &= \sqrt{\frac{(\rho_{t+1}-4)(\rho_{t+1}-2)\,\rho_\infty}
+                          {(\rho_\infty-4)(\rho_\infty-2)\,\rho_{t+1}}} \\
+        \theta_{t+1} &= \theta_t\;[\,\cdot\,(1-\eta\lambda)] -
         \begin{cases}
-            \eta\, r_t\, \hat m_t \,\dfrac{\sqrt{1-\beta_2^{n}}}{\sqrt{v_t} + \epsilon}
-                & \text{if } \rho_t > 5, \\[1ex]
-            \eta\, \hat m_t & \text{otherwise (momentum SGD)},
+            \eta\, r_{t+1}\, \hat m_{t+1} \,\dfrac{\sqrt{1-\beta_2^{n}}}{\sqrt{v_{t+1}} + \epsilon}
+                & \text{if } \rho_{t+1} > 5, \\[1ex]
+            \eta\, \hat m_{t+1} & \text{otherwise (momentum SGD)},
         \end{cases}
 
-    with :math:`m_{-1} = v_{-1} = 0`. :math:`\rho_t` approximates the
-    degrees of freedom of the simple moving average that :math:`v_t` stands
-    for; while it is small the variance of the adaptive rate
-    :math:`1/\sqrt{\hat v_t}` is large or infinite, and RAdam takes plain
-    bias-corrected momentum steps instead (with the default
-    :math:`\beta_2 = 0.999`, the first five). Once :math:`\rho_t > 5` the
-    rectifier :math:`r_t \in (0, 1)` scales the Adam step so that its variance
-    matches the limit's; :math:`r_t \to 1` as :math:`n \to \infty`.
+    with :math:`m_0 = v_0 = 0`. :math:`\rho_{t+1}` approximates the degrees
+    of freedom of the simple moving average that :math:`v_{t+1}` stands for;
+    while it is small the variance of the adaptive rate
+    :math:`1/\sqrt{\hat v_{t+1}}` is large or infinite, and RAdam takes plain
+    bias-corrected momentum steps instead (the first five, for any
+    :math:`\beta_2` from 0.9 to 0.999). Once :math:`\rho_{t+1} > 5` the
+    rectifier :math:`r_{t+1} \in (0, 1)` scales the Adam step so that its
+    variance matches the limit's; :math:`r \to 1` as :math:`n \to \infty`.
 
     The bracketed weight-decay terms are alternatives: coupled (L2, added to
     the gradient) when ``decoupled_weight_decay=False``, decoupled (the
@@ -74,7 +75,7 @@ class RAdam(OptimizerBase):
     * :math:`\epsilon` is added to :math:`\sqrt{v_t}` *before* the bias
       correction :math:`\sqrt{1-\beta_2^n}` multiplies the quotient (Adam adds
       it after); the paper's Algorithm 2 has no :math:`\epsilon`.
-    * The switch is :math:`\rho_t > 5` (the paper's Algorithm 2 tests
+    * The switch is :math:`\rho_{t+1} > 5` (the paper's Algorithm 2 tests
       :math:`\rho_t > 4`, the authors' code :math:`\rho_t \ge 5`).
     * Complex parameters are treated as pairs of real ones.
 
@@ -222,14 +223,14 @@ def radam(
 
 
 def _rho(beta2: float, n: float) -> tuple[float, float]:
-    """``(rho_inf, rho_t)``: the SMA lengths of the limit and after ``n`` gradients."""
+    """``(rho_inf, rho)``: the SMA lengths of the limit and after ``n`` gradients."""
     rho_inf = 2 / (1 - beta2) - 1
     return rho_inf, rho_inf - 2 * n * (beta2**n) / (1 - beta2**n)
 
 
-def _rectifier(rho_inf: float, rho_t: float) -> float:
-    """r_t, the ratio of the adaptive rate's standard deviations (for rho_t > 4)."""
-    return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+def _rectifier(rho_inf: float, rho: float) -> float:
+    """r, the ratio of the adaptive rate's standard deviations (for rho > 4)."""
+    return ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)) ** 0.5
 
 
 def _single_tensor_radam(
@@ -249,31 +250,31 @@ def _single_tensor_radam(
     has_complex: bool,
 ) -> None:
     # A tensor lr stays a tensor: the products below then round as in torch.optim.
-    for i, x in enumerate(params):
+    for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         state_steps[i] += 1
         n = state_steps[i].item()  # gradients seen, t + 1
 
         if weight_decay != 0:
             if decoupled_weight_decay:
-                x.mul_(1 - lr * weight_decay)  # x <- x * (1 - eta * lambda)
+                theta.mul_(1 - lr * weight_decay)  # theta <- theta * (1 - eta * lambda)
             else:
-                g = g.add(x, alpha=weight_decay)  # g_t + lambda * x_t
+                g = g.add(theta, alpha=weight_decay)  # g_t + lambda * theta_t
 
         # complex numbers: real and imaginary parts are separate coordinates
-        x, g, m, v = _real(x), _real(g), _real(exp_avgs[i]), _real(exp_avg_sqs[i])
+        theta, g, m, v = _real(theta), _real(g), _real(exp_avgs[i]), _real(exp_avg_sqs[i])
 
-        m.lerp_(g, 1 - beta1)  # m_t = beta1 * m_{t-1} + (1 - beta1) * g_t
-        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v_t = beta2 * v_{t-1} + (1 - beta2) * g_t^2
+        m.lerp_(g, 1 - beta1)  # m_{t+1} = beta1 * m_t + (1 - beta1) * g_t
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v_{t+1} = beta2 * v_t + (1 - beta2) * g_t^2
         m_hat = m / (1 - beta1**n)
         bias_correction2 = 1 - beta2**n
 
-        rho_inf, rho_t = _rho(beta2, n)
-        if rho_t > 5.0:
-            adaptive = bias_correction2**0.5 / v.sqrt().add_(eps)  # sqrt(1 - beta2^n) / (sqrt(v_t) + eps)
-            x.add_(m_hat * lr * adaptive * _rectifier(rho_inf, rho_t), alpha=-1.0)
+        rho_inf, rho = _rho(beta2, n)  # rho_{t+1}
+        if rho > 5.0:
+            adaptive = bias_correction2**0.5 / v.sqrt().add_(eps)  # sqrt(1 - beta2^n) / (sqrt(v_{t+1}) + eps)
+            theta.add_(m_hat * lr * adaptive * _rectifier(rho_inf, rho), alpha=-1.0)
         else:
-            x.add_(m_hat * lr, alpha=-1.0)  # un-rectified: a momentum SGD step
+            theta.add_(m_hat * lr, alpha=-1.0)  # un-rectified: a momentum SGD step
 
 
 def _multi_tensor_radam(
@@ -312,16 +313,16 @@ def _multi_tensor_radam(
         torch._foreach_addcmul_(v_list, g_list, g_list, 1 - beta2)
         del g_list
 
-        # One multiplier per tensor, x <- x + m * c, with
-        #   c = -eta r sqrt(1 - beta2^n) / ((1 - beta1^n)(sqrt(v) + eps))  if rho_t > 5,
+        # One multiplier per tensor, theta <- theta + m * c, with
+        #   c = -eta r sqrt(1 - beta2^n) / ((1 - beta1^n)(sqrt(v) + eps))  if rho > 5,
         #   c = -eta / (1 - beta1^n)                                        otherwise,
         # computed with torch.optim's sequence of operations (the rectified
         # factor goes through a reciprocal; the other term is then 0).
         ns = _step_values(steps)
         rects = []
         for n in ns:
-            rho_inf, rho_t = _rho(beta2, n)
-            rects.append(_rectifier(rho_inf, rho_t) if rho_t > 5 else 0)
+            rho_inf, rho = _rho(beta2, n)
+            rects.append(_rectifier(rho_inf, rho) if rho > 5 else 0)
         bias_corrections1 = [1 - beta1**n for n in ns]
         plain_step_sizes = [(lr * (0 if r > 0 else 1.0) / bc) * -1 for r, bc in zip(rects, bias_corrections1)]
         rect_step_sizes = [

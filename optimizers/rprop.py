@@ -32,26 +32,28 @@ __all__ = ["Rprop", "rprop"]
 class Rprop(OptimizerBase):
     r"""Rprop: each coordinate moves by its own step size, grown while the gradient keeps its sign.
 
-    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
-    :math:`g_t = \nabla f(x_t)` (negated if ``maximize``),
-    :math:`\eta^-, \eta^+` = ``etas``, :math:`\Delta_{\min}, \Delta_{\max}`
-    = ``step_sizes``, and all operations per coordinate, one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0,
+    1, \dots`), :math:`\eta^-, \eta^+` = ``etas``, :math:`\Delta_{\min},
+    \Delta_{\max}` = ``step_sizes``, and every operation per coordinate, the
+    step from :math:`\theta_t` does
 
     .. math::
 
-        s_t &= \operatorname{sign}(g_t\, \tilde g_{t-1}) \\
-        \Delta_t &= \operatorname{clip}\!\left(\Delta_{t-1}\cdot
+        g_t &= \pm\nabla f_t(\theta_t)
+              \qquad (\text{minus sign if } \texttt{maximize}) \\
+        s_t &= \operatorname{sign}(g_t\, p_t) \\
+        \Delta_{t+1} &= \operatorname{clip}\!\left(\Delta_t\cdot
             \begin{cases} \eta^+ & s_t > 0 \\ \eta^- & s_t < 0 \\ 1 & s_t = 0 \end{cases},
             \;\Delta_{\min},\; \Delta_{\max}\right) \\
-        \tilde g_t &= \begin{cases} 0 & s_t < 0 \\ g_t & \text{otherwise} \end{cases} \\
-        x_{t+1} &= x_t - \operatorname{sign}(\tilde g_t)\, \Delta_t
+        p_{t+1} &= \begin{cases} 0 & s_t < 0 \\ g_t & \text{otherwise} \end{cases} \\
+        \theta_{t+1} &= \theta_t - \operatorname{sign}(p_{t+1})\, \Delta_{t+1}
 
-    with :math:`\tilde g_{-1} = 0` and :math:`\Delta_{-1} = ` ``lr`` in every
-    coordinate. Only the *sign* of the gradient is used: the step is
-    :math:`\pm\Delta_t` whatever the gradient's scale. A sign change means the
-    last step jumped over a minimum along that coordinate: the step size
+    with :math:`p_0 = 0` and :math:`\Delta_0 = ` ``lr`` in every coordinate.
+    Only the *sign* of the gradient is used: the step is
+    :math:`\pm\Delta_{t+1}` whatever the gradient's scale. A sign change means
+    the last step jumped over a minimum along that coordinate: the step size
     shrinks by :math:`\eta^-` and that coordinate pauses for one step
-    (:math:`\tilde g_t = 0`, so the next :math:`s` is 0 and the step size is
+    (:math:`p_{t+1} = 0`, so the next :math:`s` is 0 and the step size is
     kept).
 
     Conventions (those of ``torch.optim.Rprop``):
@@ -60,7 +62,7 @@ class Rprop(OptimizerBase):
       iRprop\ :sup:`-`): after a sign change the coordinate is not moved back,
       it only skips one step. Riedmiller & Braun's original undoes the
       previous step.
-    * ``lr`` is the initial step size :math:`\Delta_{-1}`, not a multiplier
+    * ``lr`` is the initial step size :math:`\Delta_0`, not a multiplier
       of the gradient; a scheduler that changes ``lr`` later has no effect on
       the step sizes already in the state, and ``lr=0`` does not freeze the
       parameters (the clip lifts :math:`\Delta` to :math:`\Delta_{\min}`
@@ -69,13 +71,13 @@ class Rprop(OptimizerBase):
     * Complex parameters are treated as pairs of real ones (each part has its
       own step size).
 
-    State per parameter: ``step``, ``prev`` (:math:`\tilde g_{t}`) and
-    ``step_size`` (:math:`\Delta_t`), as in ``torch.optim.Rprop``.
+    State per parameter: ``step``, ``prev`` (:math:`p_t`) and ``step_size``
+    (:math:`\Delta_t`), as in ``torch.optim.Rprop``.
 
     Args:
         params: iterable of parameters (or ``(name, parameter)`` pairs) or of
             dicts defining parameter groups.
-        lr: initial step size :math:`\Delta_{-1} \ge 0`, float or 1-element tensor (default: 1e-2).
+        lr: initial step size :math:`\Delta_0 \ge 0`, float or 1-element tensor (default: 1e-2).
         etas: :math:`(\eta^-, \eta^+)` with :math:`0 < \eta^- < 1 < \eta^+` (default: (0.5, 1.2)).
         step_sizes: :math:`(\Delta_{\min}, \Delta_{\max})` with
             :math:`0 \le \Delta_{\min} \le \Delta_{\max}` (default: (1e-6, 50)).
@@ -191,7 +193,7 @@ def rprop(
 ) -> None:
     r"""Functional Rprop: update ``params`` and the state lists in place.
 
-    ``prevs`` (:math:`\tilde g`), ``step_sizes`` (:math:`\Delta`) and
+    ``prevs`` (:math:`p`), ``step_sizes`` (:math:`\Delta`) and
     ``state_steps`` (0-dim tensors, incremented here). See :class:`Rprop`.
     """
     if not all(torch.is_tensor(s) for s in state_steps):
@@ -216,7 +218,7 @@ def rprop(
 
 
 def _signs_to_factors_(s: Tensor, etaminus: float, etaplus: float) -> Tensor:
-    """In place: the sign s_t of g_t * g_{t-1} becomes the step-size factor eta+, eta- or 1."""
+    """In place: the sign s_t of g_t * p_t becomes the step-size factor eta+, eta- or 1."""
     s[s.gt(0)] = etaplus
     s[s.lt(0)] = etaminus
     s[s.eq(0)] = 1
@@ -237,19 +239,19 @@ def _single_tensor_rprop(
     maximize: bool,
     has_complex: bool,
 ) -> None:
-    for i, x in enumerate(params):
+    for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         state_steps[i] += 1
         # complex numbers: real and imaginary parts are separate coordinates
-        x, g, prev, delta = _real(x), _real(g), _real(prevs[i]), _real(step_sizes[i])
+        theta, g, prev, delta = _real(theta), _real(g), _real(prevs[i]), _real(step_sizes[i])
 
-        factor = _signs_to_factors_(g.mul(prev).sign(), etaminus, etaplus)  # s_t -> eta+, eta-, 1
-        delta.mul_(factor).clamp_(step_size_min, step_size_max)  # Delta_t
+        factor = _signs_to_factors_(g.mul(prev).sign(), etaminus, etaplus)  # s_t = sign(g_t p_t) -> eta+, eta-, 1
+        delta.mul_(factor).clamp_(step_size_min, step_size_max)  # Delta_{t+1}
         g = g.clone(memory_format=torch.preserve_format)
         g[factor.eq(etaminus)] = 0  # sign change: this coordinate pauses
 
-        x.addcmul_(g.sign(), delta, value=-1)  # x_{t+1} = x_t - sign(g~_t) * Delta_t
-        prev.copy_(g)
+        theta.addcmul_(g.sign(), delta, value=-1)  # theta_{t+1} = theta_t - sign(p_{t+1}) * Delta_{t+1}
+        prev.copy_(g)  # p_{t+1}
 
 
 def _multi_tensor_rprop(
@@ -277,7 +279,7 @@ def _multi_tensor_rprop(
         factors = torch._foreach_mul(g_list, prev_list)
         if maximize:
             torch._foreach_neg_(factors)
-        # the new g~ is written straight into the state (the caller's grads stay untouched)
+        # p_{t+1} is written straight into the state (the caller's grads stay untouched)
         torch._foreach_copy_(prev_list, g_list)
         if maximize:
             torch._foreach_neg_(prev_list)

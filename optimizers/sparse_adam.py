@@ -21,23 +21,25 @@ __all__ = ["SparseAdam", "sparse_adam"]
 class SparseAdam(OptimizerBase):
     r"""SparseAdam: Adam that updates only the rows a sparse gradient touches ("lazy Adam").
 
-    With :math:`x_t` the parameters before step :math:`t = 0, 1, \dots`,
-    :math:`g_t = \nabla f(x_t)` a sparse gradient (negated if ``maximize``)
-    whose nonzero entries sit at the index set :math:`I_t` (e.g. the rows of
-    an embedding table that the batch looked up), :math:`\eta` ``lr``,
-    :math:`\beta_1, \beta_2` = ``betas``, :math:`\epsilon` ``eps`` and
-    :math:`n = t + 1` the number of steps this parameter has had a gradient
-    in, one step does, for :math:`i \in I_t` only,
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0,
+    1, \dots`), :math:`g_t = \pm\nabla f_t(\theta_t)` a sparse gradient
+    (minus sign if ``maximize``) whose nonzero entries sit at the index set
+    :math:`I_t` (e.g. the rows of an embedding table that the batch looked
+    up), :math:`\eta` ``lr``, :math:`\beta_1, \beta_2` = ``betas``,
+    :math:`\epsilon` ``eps`` and :math:`n` the ``step`` counter after this
+    step (the number of steps this parameter has had a gradient in:
+    :math:`t + 1` if it had one at every step), the step from
+    :math:`\theta_t` does, for :math:`i \in I_t` only,
 
     .. math::
 
-        m_t[i] &= \beta_1 m_{t-1}[i] + (1-\beta_1)\, g_t[i] \\
-        v_t[i] &= \beta_2 v_{t-1}[i] + (1-\beta_2)\, g_t[i]^2 \\
-        x_{t+1}[i] &= x_t[i] - \eta\, \frac{\sqrt{1-\beta_2^{n}}}{1-\beta_1^{n}}\,
-            \frac{m_t[i]}{\sqrt{v_t[i]} + \epsilon}
+        m_{t+1}[i] &= \beta_1 m_t[i] + (1-\beta_1)\, g_t[i] \\
+        v_{t+1}[i] &= \beta_2 v_t[i] + (1-\beta_2)\, g_t[i]^2 \\
+        \theta_{t+1}[i] &= \theta_t[i] - \eta\, \frac{\sqrt{1-\beta_2^{n}}}{1-\beta_1^{n}}\,
+            \frac{m_{t+1}[i]}{\sqrt{v_{t+1}[i]} + \epsilon}
 
-    while every :math:`i \notin I_t` keeps :math:`x`, :math:`m` and :math:`v`
-    unchanged, with :math:`m_{-1} = v_{-1} = 0`.
+    while every :math:`i \notin I_t` keeps :math:`\theta`, :math:`m` and
+    :math:`v` unchanged, with :math:`m_0 = v_0 = 0`.
 
     This is **not** Adam on a gradient that happens to be sparse: dense Adam
     would decay the moments of every row (zero gradient is still a gradient)
@@ -205,7 +207,7 @@ def _single_tensor_sparse_adam(
     maximize: bool,
 ) -> None:
     # A tensor lr stays a tensor: the step size then rounds as in torch.optim.
-    for i, x in enumerate(params):
+    for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         g = g.coalesce()  # the update is not linear in g: sum duplicate indices first
         g_values = g._values()
@@ -218,13 +220,13 @@ def _single_tensor_sparse_adam(
             return torch.sparse_coo_tensor(g._indices(), values, g.size(), check_invariants=False)
 
         m_old = m.sparse_mask(g)._values()
-        dm = g_values.sub(m_old).mul_(1 - beta1)  # m_t - m_{t-1} = (1 - beta1)(g_t - m_{t-1}) on I_t
+        dm = g_values.sub(m_old).mul_(1 - beta1)  # m_{t+1} - m_t = (1 - beta1)(g_t - m_t) on I_t
         m.add_(on_rows(dm))
         v_old = v.sparse_mask(g)._values()
-        dv = g_values.pow(2).sub_(v_old).mul_(1 - beta2)  # v_t - v_{t-1} on I_t
+        dv = g_values.pow(2).sub_(v_old).mul_(1 - beta2)  # v_{t+1} - v_t on I_t
         v.add_(on_rows(dv))
 
         m_new = dm.add_(m_old)
-        denom = dv.add_(v_old).sqrt_().add_(eps)  # sqrt(v_t) + eps on I_t
+        denom = dv.add_(v_old).sqrt_().add_(eps)  # sqrt(v_{t+1}) + eps on I_t
         step_size = lr * math.sqrt(1 - beta2**n) / (1 - beta1**n)
-        x.add_(on_rows(-step_size * m_new.div_(denom)))
+        theta.add_(on_rows(-step_size * m_new.div_(denom)))
