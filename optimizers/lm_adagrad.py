@@ -7,7 +7,8 @@ approximates (for small :math:`d`: the reference of the book and the tests).
 
 The whitening is computed from the :math:`k\times k` Gram matrix of the history
 (never from a :math:`d\times d` matrix, and without an SVD of the
-:math:`d\times k` history). Chapter 10 of the book derives every line.
+:math:`d\times k` history), the route of Section 3 of Agarwal et al. (GGT).
+Chapter 10 of the book derives every line.
 """
 
 from __future__ import annotations
@@ -68,26 +69,33 @@ class LMAdagrad(OptimizerBase):
     r"""Limited-memory full-matrix AdaGrad: whiten the gradient with the last ``k`` gradients.
 
     For every parameter tensor (flattened to a vector of length :math:`d`),
-    with :math:`\eta` ``lr``, :math:`k` ``history_size`` and :math:`\epsilon`
-    ``eps``, one step with the extras at their defaults does
+    with :math:`\eta` ``lr``, :math:`k` ``history_size``, :math:`\epsilon`
+    ``eps``, :math:`\lambda` ``weight_decay``, :math:`x_t` the parameter after
+    :math:`t` steps and :math:`g_t = \nabla f(x_t)` its gradient (:math:`t = 0,
+    1, \dots`; after this step the optimizer has seen :math:`t+1` gradients),
+    one step with the extras at their defaults does
 
     .. math::
 
+        g_t &\leftarrow g_t + \lambda x_t
+               \qquad (\text{coupled weight decay, the default}) \\
         M_t &= [g_{t-n+1}, \dots, g_t] \in \mathbb{R}^{d\times n},
-               \qquad n = \min(t, k) \\
-        M_t^\top M_t &= V \Lambda V^\top
-               \qquad (\text{Gram matrix, } n\times n,\ \Lambda = S^2) \\
+               \qquad n = \min(t+1, k) \\
+        M_t^\top M_t &= V S^2 V^\top
+               \qquad (\text{Gram matrix, } n\times n,\ S = \mathrm{diag}(s_i)) \\
         U &= M_t V S^{-1} \qquad (\text{left singular vectors of } M_t) \\
         u_t &= U\,(S^2 + \epsilon)^{-1/2}\,U^\top g_t
-             = M_t V\,\mathrm{diag}\bigl(\lambda_i^{-1}(\lambda_i+\epsilon)^{-1/2}\bigr)\,V^\top M_t^\top g_t \\
-        \theta_t &= \theta_{t-1} - \eta\, u_t
+             = M_t V\,\mathrm{diag}\bigl(s_i^{-2}(s_i^2+\epsilon)^{-1/2}\bigr)\,V^\top M_t^\top g_t \\
+        x_{t+1} &= x_t - \eta\, u_t
 
-    which is the algorithm of the "LM-Adagrad" note: ``w -= lr * U S^-1 U^T g``
-    with the regularised singular values :math:`\sqrt{S^2+\epsilon}`. Without
-    centering it equals full-matrix AdaGrad restricted to the window,
-    :math:`(M_tM_t^\top + \epsilon I)^{-1/2} g_t` (see
+    (with ``decoupled_weight_decay=True`` the first line is dropped and the
+    last is :math:`x_{t+1} = (1-\eta\lambda)\,x_t - \eta\, u_t`). The
+    regularised singular values are :math:`\sqrt{S^2+\epsilon}`: the
+    regulariser acts on :math:`A = M_tM_t^\top`, as in full-matrix AdaGrad.
+    Without centering the update equals full-matrix AdaGrad restricted to the
+    window, :math:`(M_tM_t^\top + \epsilon I)^{-1/2} g_t` (see
     :class:`FullMatrixAdagrad` with the same ``history_size``), because
-    :math:`g_t` lies in the span of the window.
+    :math:`g_t` lies in the span of the window, and its length is below 1.
 
     Conventions:
 
@@ -110,19 +118,20 @@ class LMAdagrad(OptimizerBase):
       :math:`g_t` outside it (mostly the mean gradient) is **dropped**, so the
       first step, and any step with a constant gradient, does not move.
     * **Momentum** (``momentum`` :math:`\beta`, an Adam-like bias-corrected
-      EMA :math:`m_t = \beta m_{t-1} + (1-\beta) x_t`, :math:`\hat m_t =
-      m_t/(1-\beta^t)`): ``momentum_mode="gradient"`` averages the gradients
+      EMA :math:`m_t = \beta m_{t-1} + (1-\beta) v_t`, :math:`\hat m_t =
+      m_t/(1-\beta^{t+1})`, the exponent being the number of gradients seen,
+      with :math:`v_t` the gradient or the update): ``momentum_mode="gradient"`` averages the gradients
       and whitens :math:`\hat m_t` (the history still holds raw gradients);
       ``"update"`` whitens :math:`g_t` and averages the updates (LaProp-like).
-    * **Update norm** (``update_norm``): with :math:`r_t = \gamma r_{t-1} +
+    * **Update norm** (``update_norm``): with :math:`\rho_t = \gamma \rho_{t-1} +
       (1-\gamma)\lVert u_t\rVert` the EMA of the unclipped update norms
-      (:math:`r_1 = \lVert u_1\rVert`, :math:`\gamma` ``update_norm_beta``),
-      ``"clip"`` rescales :math:`u_t` to norm at most :math:`r_{t-1}` and
-      ``"graft"`` to norm exactly :math:`r_{t-1}` (from step 2 on). It acts on
+      (:math:`\rho_0 = \lVert u_0\rVert`, :math:`\gamma` ``update_norm_beta``),
+      ``"clip"`` rescales :math:`u_t` to norm at most :math:`\rho_{t-1}` and
+      ``"graft"`` to norm exactly :math:`\rho_{t-1}` (from the second step on). It acts on
       the whitened direction, before update momentum.
     * **Weight decay**: coupled (``decoupled_weight_decay=False``,
-      :math:`g_t + \lambda\theta_{t-1}` enters the history) or decoupled
-      (:math:`\theta \leftarrow \theta(1-\eta\lambda)`, as AdamW).
+      :math:`g_t + \lambda x_t` enters the history) or decoupled
+      (:math:`x \leftarrow x(1-\eta\lambda)`, as AdamW).
     * **Concatenation** (``concatenate=True``): all parameters of a param
       group with a gradient form one vector (interactions between layers are
       whitened too); by default each tensor is whitened on its own.
@@ -154,13 +163,16 @@ class LMAdagrad(OptimizerBase):
         maximize: maximize the objective (default: False).
         foreach: ``True`` moves the small eigenproblems of all parameters to
             the host in one transfer and uses ``torch._foreach_*`` for the
-            element-wise work (default: None = True for plain CPU/CUDA tensors).
+            element-wise work (default: None = True for plain tensors on CUDA
+            and other accelerators, False on the CPU, as in ``torch.optim``).
             The :math:`k\times k` problems are always solved on the CPU in float64.
         differentiable, fused: not supported (must be False / None).
 
     References:
         Duchi, Hazan & Singer (2011), full-matrix AdaGrad; Agarwal et al. (2019),
-        GGT; Kessy, Lewin & Strimmer (2018), ZCA whitening; Ziyin et al. (2020), LaProp.
+        GGT (the Gram-matrix route is its Section 3; GGT itself stores momentum
+        vectors, averages instead of summing and regularises differently);
+        Kessy, Lewin & Strimmer (2018), ZCA whitening; Ziyin et al. (2020), LaProp.
 
     Example:
         >>> model = torch.nn.Linear(3, 2)
@@ -305,12 +317,13 @@ class LMAdagrad(OptimizerBase):
 class FullMatrixAdagrad(OptimizerBase):
     r"""Exact full-matrix AdaGrad, for small parameter tensors (the reference for :class:`LMAdagrad`).
 
-    For every parameter tensor flattened to length :math:`d`:
+    For every parameter tensor flattened to length :math:`d`, with
+    :math:`g_t = \nabla f(x_t) + \lambda x_t` (:math:`\lambda` ``weight_decay``):
 
     .. math::
 
         A_t &= \sum_{s \in W_t} g_s g_s^\top \qquad (d\times d) \\
-        \theta_t &= \theta_{t-1} - \eta\,(A_t + \epsilon I)^{-1/2} g_t
+        x_{t+1} &= x_t - \eta\,(A_t + \epsilon I)^{-1/2} g_t
 
     where :math:`W_t` is every step so far (``history_size=None``, Duchi et
     al. 2011) or the last :math:`k` steps (``history_size=k``, the matrix that
