@@ -34,21 +34,22 @@ __all__ = ["Adamax", "adamax"]
 class Adamax(OptimizerBase):
     r"""Adamax: Adam with an exponentially weighted infinity norm instead of the RMS.
 
-    With :math:`x_t` the parameters at step :math:`t = 0, 1, \dots`, :math:`n = t + 1`
-    the number of gradients seen once :math:`g_t` is processed (the ``step``
-    count), :math:`\eta` ``lr``, :math:`\beta_1, \beta_2` = ``betas``,
-    :math:`\epsilon` ``eps`` and :math:`\lambda` ``weight_decay``, one step does
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0, 1,
+    \dots`), :math:`n = t + 1` the number of gradients seen after this step (the
+    ``step`` counter), :math:`\eta` ``lr``, :math:`\beta_1, \beta_2` = ``betas``,
+    :math:`\epsilon` ``eps`` and :math:`\lambda` ``weight_decay``, the step from
+    :math:`\theta_t` does
 
     .. math::
 
-        g_t &= \pm\nabla f(x_t) + \lambda\, x_t
+        g_t &= \pm\nabla f_t(\theta_t) + \lambda\,\theta_t
               \qquad (\text{minus sign if } \texttt{maximize}) \\
-        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t \\
-        u_t &= \max\!\left(\beta_2\, u_{t-1},\; |g_t| + \epsilon\right) \\
-        x_{t+1} &= x_t - \frac{\eta}{1-\beta_1^n}\, \frac{m_t}{u_t}
+        m_{t+1} &= \beta_1 m_t + (1-\beta_1)\, g_t \\
+        u_{t+1} &= \max\!\left(\beta_2\, u_t,\; |g_t| + \epsilon\right) \\
+        \theta_{t+1} &= \theta_t - \frac{\eta}{1-\beta_1^n}\, \frac{m_{t+1}}{u_{t+1}}
 
-    with :math:`m_{-1} = u_{-1} = 0` (the symbols of the book's chapter
-    ``09_nadam_adamax``).
+    with :math:`m_0 = u_0 = 0` (the symbols of the book's chapter
+    ``09_nadam_adamax``, which writes :math:`x` for :math:`\theta`).
 
     Conventions (those of ``torch.optim.Adamax``):
 

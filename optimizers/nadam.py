@@ -35,27 +35,28 @@ __all__ = ["NAdam", "nadam"]
 class NAdam(OptimizerBase):
     r"""NAdam: Adam whose momentum term looks one step ahead (Nesterov), with a warming-up momentum.
 
-    With :math:`x_t` the parameters at step :math:`t = 0, 1, \dots`, :math:`n = t + 1`
-    the number of gradients seen once :math:`g_t` is processed (the ``step``
-    count), :math:`\eta` ``lr``, :math:`\beta_1, \beta_2` = ``betas``,
+    With :math:`\theta_t` the parameters after :math:`t` steps (:math:`t = 0, 1,
+    \dots`), :math:`n = t + 1` the number of gradients seen after this step (the
+    ``step`` counter), :math:`\eta` ``lr``, :math:`\beta_1, \beta_2` = ``betas``,
     :math:`\epsilon` ``eps``, :math:`\lambda` ``weight_decay`` and :math:`\psi`
-    ``momentum_decay``, one step does
+    ``momentum_decay``, the step from :math:`\theta_t` does
 
     .. math::
 
-        g_t &= \pm\nabla f(x_t) \;[+\, \lambda x_t]
+        g_t &= \pm\nabla f_t(\theta_t) \;[+\, \lambda\theta_t]
               \qquad (\text{minus sign if } \texttt{maximize}) \\
         \mu_n &= \beta_1 \left(1 - \tfrac12\, 0.96^{\,n\psi}\right), \qquad
         \Pi_n = \prod_{i=1}^{n} \mu_i \\
-        m_t &= \beta_1 m_{t-1} + (1-\beta_1)\, g_t \\
-        v_t &= \beta_2 v_{t-1} + (1-\beta_2)\, g_t^2 \\
-        d_t &= \sqrt{v_t / (1-\beta_2^n)} + \epsilon \\
-        x_{t+1} &= x_t\;[\,\cdot\,(1-\eta\lambda)]
-            - \eta\,\frac{1-\mu_n}{1-\Pi_n}\,\frac{g_t}{d_t}
-            - \eta\,\frac{\mu_{n+1}}{1-\Pi_n\,\mu_{n+1}}\,\frac{m_t}{d_t}
+        m_{t+1} &= \beta_1 m_t + (1-\beta_1)\, g_t \\
+        v_{t+1} &= \beta_2 v_t + (1-\beta_2)\, g_t^2 \\
+        d_{t+1} &= \sqrt{v_{t+1} / (1-\beta_2^n)} + \epsilon \\
+        \theta_{t+1} &= \theta_t\;[\,\cdot\,(1-\eta\lambda)]
+            - \eta\,\frac{1-\mu_n}{1-\Pi_n}\,\frac{g_t}{d_{t+1}}
+            - \eta\,\frac{\mu_{n+1}}{1-\Pi_n\,\mu_{n+1}}\,\frac{m_{t+1}}{d_{t+1}}
 
-    with :math:`m_{-1} = v_{-1} = 0` and :math:`\Pi_0 = 1` (the symbols of the
-    book's chapter ``09_nadam_adamax``). The bracketed weight-decay terms are
+    with :math:`m_0 = v_0 = 0` and :math:`\Pi_0 = 1` (the symbols of the book's
+    chapter ``09_nadam_adamax``, which writes :math:`x` for :math:`\theta`). The
+    bracketed weight-decay terms are
     alternatives: coupled (L2, added to the gradient) when
     ``decoupled_weight_decay=False``, decoupled (AdamW-style shrinking of the
     parameters) when True.
@@ -67,9 +68,10 @@ class NAdam(OptimizerBase):
       0.96 and :math:`\psi = 0.004`); :math:`\Pi_n`, the product of all
       :math:`\mu_i` so far, is kept in the state as ``mu_product`` (a 0-dim
       float tensor: float32 unless the default dtype is float64).
-    * The moving average :math:`m_t` uses the constant :math:`\beta_1`; the
+    * The moving average :math:`m` uses the constant :math:`\beta_1`; the
       schedule enters only through the two step sizes. Dozat's paper
-      (Algorithm 2) averages with :math:`\mu_n` instead, for which the
+      (Algorithm 2) averages with :math:`\mu_n` instead,
+      :math:`m_{t+1} = \mu_n m_t + (1-\mu_n) g_t`, for which the
       :math:`\Pi` corrections are exact; with the constant :math:`\beta_1` they
       are not, and the first few dozen steps under a constant gradient are
       shorter than the steady step (chapter ``09_nadam_adamax`` measures it).
