@@ -10,6 +10,7 @@ each is caught.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -179,3 +180,17 @@ def test_glued_values_are_rounded_to_what_the_text_shows():
     assert rounded(123456.0, 3) == 123000.0
     assert rounded(7) == 7 and isinstance(rounded(7), int)
     assert rounded(float("inf")) == float("inf")
+
+
+def test_landing_page_lists_every_chapter():
+    intro = (ROOT / "book" / "intro.md").read_text()
+    missing = [md.stem for md, _ in PAIRS if f"{{doc}}`{md.stem}`" not in intro]
+    assert missing == [], f"book/intro.md does not list these chapters: {missing}"
+
+
+def test_bibliography_entries_render_cleanly():
+    """No raw math in the bibliography (it is shown as text), and every arXiv reference is an
+    ``eprint`` (rendered as a link), never a bare note."""
+    bib = (ROOT / "references.bib").read_text()
+    assert "$" not in bib
+    assert re.findall(r"note\s*=\s*\{arXiv", bib, flags=re.I) == []
