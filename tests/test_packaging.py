@@ -1,0 +1,25 @@
+"""The package as a user installs it: its distribution name, its typing marker, its contents."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_has_its_own_name_and_ships_py_typed(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("*.whl")
+    # "optimizers" on the package index is an unrelated project: ours must never be confused with it.
+    assert wheel.name.startswith("optimizers_that_run-")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "optimizers/py.typed" in names
+    assert "optimizers/__init__.py" in names and "optimizers/book/__init__.py" in names
+    assert not [n for n in names if n.startswith(("tests/", "book/", "tools/", "benchmarks/"))]
+    metadata = zipfile.ZipFile(wheel).read(
+        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Name: optimizers-that-run" in metadata
+    assert "Requires-Dist: torch>=2.3" in metadata
