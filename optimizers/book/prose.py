@@ -34,7 +34,8 @@ def glue_number(name: str, value, digits: int = 3):
 
     Use ``{glue:text}`name:.3g``` (or another format with at most ``digits`` significant
     digits) in the prose. The return value lets a chapter print or assert exactly what the reader
-    sees.
+    sees. As the last line of a cell write ``_ = glue_number(...)``: a trailing ``;`` hides the
+    value in Jupyter but not under nbval, which would then see an extra output.
     """
     from myst_nb import glue
 
