@@ -428,7 +428,10 @@ def _view_as_real_lists(params: list[Tensor], *others: list[Tensor]) -> None:
 # --------------------------------------------------------------------------- #
 
 # Keys that torch.optim param groups may carry, and the value an old or foreign
-# state dict that lacks them should get.
+# state dict that lacks them should get. A key is filled in only where the
+# defaults the class was constructed with have it: torch.optim.SparseAdam, LBFGS
+# and Adafactor lack some of these keys, and their state dicts must keep the
+# same layout.
 _COMMON_GROUP_FALLBACKS: dict[str, Any] = {
     "maximize": False,
     "foreach": None,
@@ -451,8 +454,9 @@ class OptimizerBase(Optimizer):
     * gathering of the parameters that have a gradient (:meth:`_gather`),
       refusing sparse gradients unless ``_supports_sparse``;
     * ``__setstate__`` that fills group keys missing from old or foreign state
-      dicts (``_group_fallbacks``) and turns Python-number step counters into
-      tensors, so that ``torch.optim`` state dicts load.
+      dicts (``_group_fallbacks``; only keys of the constructor's ``defaults``) and
+      turns Python-number step counters into tensors, so that ``torch.optim``
+      state dicts load.
 
     Subclasses set ``_group_fallbacks`` (extra keys and their defaults),
     optionally ``_supports_sparse = True``, and implement :meth:`_init_state`
@@ -465,14 +469,22 @@ class OptimizerBase(Optimizer):
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         super().__init__(_check_params(params), defaults)
+        # the group keys as constructed: torch.optim.Optimizer.__setstate__
+        # adds "differentiable" to ``self.defaults`` of every class
+        self._group_keys = frozenset(defaults)
 
     # -- state dicts ------------------------------------------------------- #
+    def __getstate__(self) -> dict[str, Any]:  # for pickling and deep copies
+        return {**super().__getstate__(), "_group_keys": self._group_keys}
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        group_keys = getattr(self, "_group_keys", self.defaults)  # (an object pickled without it)
         name = type(self).__name__
         for group in self.param_groups:
             for key, value in {**_COMMON_GROUP_FALLBACKS, **self._group_fallbacks}.items():
-                group.setdefault(key, value)
+                if key in group_keys:
+                    group.setdefault(key, value)
             _check_impl_flags(
                 name,
                 foreach=group.get("foreach"),
@@ -536,8 +548,8 @@ class OptimizerBase(Optimizer):
                 if not self._supports_sparse:
                     raise RuntimeError(
                         f"{type(self).__name__} does not support sparse gradients "
-                        "(in this package only SGD and Adagrad do; see also "
-                        "torch.optim.SparseAdam)"
+                        "(in this package SGD and Adagrad accept them, and SparseAdam "
+                        "takes only sparse gradients)"
                     )
                 has_sparse = True
             if detect_complex and not has_complex:

@@ -160,11 +160,6 @@ class Adafactor(OptimizerBase):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        for group in self.param_groups:  # torch.optim.Adafactor has no such key
-            group.pop("differentiable", None)
-
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state: dict[str, Any] = {"step": _new_step()}
         if p.dim() > 1:

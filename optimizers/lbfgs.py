@@ -149,14 +149,6 @@ class LBFGS(OptimizerBase):
         )
         super().__init__(params, defaults)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        # torch.optim.LBFGS's groups have no foreach/differentiable/maximize keys
-        for group in self.param_groups:
-            for key in ("foreach", "differentiable", "maximize"):
-                if key not in self.defaults:
-                    group.pop(key, None)
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if self.param_groups:
             raise ValueError(

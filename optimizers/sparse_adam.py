@@ -119,11 +119,7 @@ class SparseAdam(OptimizerBase):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        # torch.optim.SparseAdam keeps ``step`` a Python int and its groups
-        # without foreach/differentiable keys: keep state dicts identical
-        for group in self.param_groups:
-            for key in ("foreach", "differentiable"):
-                group.pop(key, None)
+        # torch.optim.SparseAdam keeps ``step`` a Python int: keep state dicts identical
         for p_state in self.state.values():
             if torch.is_tensor(p_state.get("step")):
                 p_state["step"] = int(p_state["step"].item())

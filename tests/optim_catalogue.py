@@ -30,6 +30,7 @@ class OptimizerInfo:
     state_keys: tuple[str, ...] = ()
     supports_sparse: bool = False
     supports_fused: bool = False
+    #: False: complex parameters are refused at the first step (as the reference does)
     supports_complex: bool = True
     #: kwargs for the long runs on Rosenbrock and an ill-conditioned quadratic
     rosenbrock_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +48,11 @@ class OptimizerInfo:
     #: tolerance between the single-tensor and foreach paths, where torch's own
     #: two paths differ by more than float64 round-off (None: the shared one)
     paths_tol: dict[str, float] | None = None
+    #: 0-dim float state that torch.optim's ``load_state_dict`` casts to the
+    #: parameters' dtype (ours keeps it in the dtype it is computed in): a torch
+    #: run resumed from a state dict then rounds differently from an
+    #: uninterrupted one
+    torch_load_casts: tuple[str, ...] = ()
 
     def config_ids(self) -> list[str]:
         return [_config_id(c) for c in self.configs]
@@ -248,6 +254,7 @@ CATALOGUE: list[OptimizerInfo] = [
             {"lr": 1e-2, "maximize": True, "weight_decay": 0.1},
         ],
         state_keys=("step", "mu_product", "exp_avg", "exp_avg_sq"),
+        torch_load_casts=("mu_product",),
         rosenbrock_kwargs={"lr": 1e-2},
         quadratic_kwargs={"lr": 1e-2},
         error_inputs=_common_errors()
@@ -335,6 +342,80 @@ CATALOGUE: list[OptimizerInfo] = [
         ],
         torch_error_inputs=_TORCH_COMMON_ERRORS
         + [({"lr": 1e-2, "etas": (1.0, 0.5)}, "Invalid eta values: 1.0, 0.5")],
+    ),
+    OptimizerInfo(
+        name="ASGD",
+        cls=optimizers.ASGD,
+        ref_cls=torch.optim.ASGD,
+        # torch's OptimizerInfo configurations (optim_inputs_func_asgd), a tensor
+        # lr, and a t0 inside the run so that the averaging starts
+        configs=[
+            {},
+            {"lambd": 0.1},
+            {"lr": 0.02},
+            {"lr": torch.tensor(0.02)},
+            {"t0": 100},
+            {"lr": 0.05, "t0": 30, "alpha": 0.6, "lambd": 1e-2},
+            {"maximize": True},
+            {"weight_decay": 0.1},
+            {"weight_decay": 0.1, "maximize": True, "t0": 10},
+        ],
+        state_keys=("step", "eta", "mu", "ax"),
+        torch_load_casts=("eta", "mu"),
+        # torch's foreach path computes eta_{t+1} in float32 arithmetic, its
+        # single-tensor path in float64 before storing it in float32: one ulp
+        # of eta apart at some steps, 1e-7 relative in the parameters
+        paths_tol=dict(rtol=1e-6, atol=1e-8),
+        rosenbrock_kwargs={"lr": 2e-3},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors(has_eps=False)
+        + [
+            ({"lambd": -1e-4}, "lambd"),
+            ({"alpha": -0.75}, "alpha"),
+            ({"alpha": NAN}, "alpha"),
+            ({"t0": -1.0}, "t0"),
+            ({"t0": "never"}, "t0"),
+        ],
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [({"lr": 1e-2, "weight_decay": -0.5}, "Invalid weight_decay value: -0.5")],
+    ),
+    OptimizerInfo(
+        name="Adafactor",
+        cls=optimizers.Adafactor,
+        ref_cls=torch.optim.Adafactor,
+        # torch's OptimizerInfo configurations (optim_inputs_func_adafactor),
+        # a tensor lr, an explicit eps1 and a clipping threshold the run reaches
+        configs=[
+            {},
+            {"lr": torch.tensor(1e-2)},
+            {"weight_decay": 0.1, "lr": 0.01},
+            {"beta2_decay": -1.0},
+            {"d": 1.5},
+            {"lr": 0.02, "eps": (1e-3, 1e-2), "beta2_decay": -0.5},
+            {"lr": 0.5, "d": 1.0},
+            {"weight_decay": 0.1, "maximize": True},
+        ],
+        state_keys=("step", "row_var", "col_var", "variance"),
+        supports_complex=False,  # refused, as torch.optim.Adafactor does
+        rosenbrock_kwargs={"lr": 1e-1},
+        quadratic_kwargs={"lr": 1e-1},
+        error_inputs=_common_errors(has_eps=False)
+        + [
+            ({"beta2_decay": 0.8}, "beta2_decay"),
+            ({"beta2_decay": NAN}, "beta2_decay"),
+            ({"eps": (-1e-30, 1e-3)}, "eps[0]"),
+            ({"eps": (None, -1e-3)}, "eps[1]"),
+            ({"eps": (None, NAN)}, "eps[1]"),
+            ({"eps": 1e-3}, "eps"),
+            ({"d": 0.0}, "d"),
+            ({"d": NAN}, "d"),
+        ],
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [
+            ({"eps": (-1e-30, 1e-3)}, "epsilon1 should be >= 0"),
+            ({"d": 0.0}, "Clipping threshold d should be >= 1"),
+            ({"beta2_decay": 0.8}, "beta2_decay should be <= 0"),
+        ],
     ),
 ]
 
@@ -429,98 +510,12 @@ if hasattr(optimizers, "A2Grad"):
         ],
     ))
 
-# Entries the shared tests of tests/test_optimizers.py cannot take unchanged:
-# * ASGD's single-tensor and foreach paths differ as torch's own do, by more
-#   than the shared tests allow (``paths_tol``), and torch.optim casts its 0-dim
-#   float state (eta, mu) to the parameters' dtype when it loads a state dict,
-#   so torch's resumed runs round differently;
-# * Adafactor refuses complex parameters, as torch does
-#   (``supports_complex=False``; the shared complex test assumes support).
-# They belong in CATALOGUE once tests/test_optimizers.py reads ``paths_tol`` and
-# ``supports_complex`` and tolerates the cast (as it does for NAdam's
-# mu_product); until then tests/test_optimizers_torch_db.py runs the shared
-# tests on them.
-SHARED_PENDING: list[OptimizerInfo] = [
-    OptimizerInfo(
-        name="ASGD",
-        cls=optimizers.ASGD,
-        ref_cls=torch.optim.ASGD,
-        # torch's OptimizerInfo configurations (optim_inputs_func_asgd), a tensor
-        # lr, and a t0 inside the run so that the averaging starts
-        configs=[
-            {},
-            {"lambd": 0.1},
-            {"lr": 0.02},
-            {"lr": torch.tensor(0.02)},
-            {"t0": 100},
-            {"lr": 0.05, "t0": 30, "alpha": 0.6, "lambd": 1e-2},
-            {"maximize": True},
-            {"weight_decay": 0.1},
-            {"weight_decay": 0.1, "maximize": True, "t0": 10},
-        ],
-        state_keys=("step", "eta", "mu", "ax"),
-        # torch's foreach path computes eta_{t+1} in float32 arithmetic, its
-        # single-tensor path in float64 before storing it in float32: one ulp
-        # of eta apart at some steps, 1e-7 relative in the parameters
-        paths_tol=dict(rtol=1e-6, atol=1e-8),
-        rosenbrock_kwargs={"lr": 2e-3},
-        quadratic_kwargs={"lr": 1e-2},
-        error_inputs=_common_errors(has_eps=False)
-        + [
-            ({"lambd": -1e-4}, "lambd"),
-            ({"alpha": -0.75}, "alpha"),
-            ({"alpha": NAN}, "alpha"),
-            ({"t0": -1.0}, "t0"),
-            ({"t0": "never"}, "t0"),
-        ],
-        torch_error_inputs=_TORCH_COMMON_ERRORS
-        + [({"lr": 1e-2, "weight_decay": -0.5}, "Invalid weight_decay value: -0.5")],
-    ),
-    OptimizerInfo(
-        name="Adafactor",
-        cls=optimizers.Adafactor,
-        ref_cls=torch.optim.Adafactor,
-        # torch's OptimizerInfo configurations (optim_inputs_func_adafactor),
-        # a tensor lr, an explicit eps1 and a clipping threshold the run reaches
-        configs=[
-            {},
-            {"lr": torch.tensor(1e-2)},
-            {"weight_decay": 0.1, "lr": 0.01},
-            {"beta2_decay": -1.0},
-            {"d": 1.5},
-            {"lr": 0.02, "eps": (1e-3, 1e-2), "beta2_decay": -0.5},
-            {"lr": 0.5, "d": 1.0},
-            {"weight_decay": 0.1, "maximize": True},
-        ],
-        state_keys=("step", "row_var", "col_var", "variance"),
-        supports_complex=False,
-        rosenbrock_kwargs={"lr": 1e-1},
-        quadratic_kwargs={"lr": 1e-1},
-        error_inputs=_common_errors(has_eps=False)
-        + [
-            ({"beta2_decay": 0.8}, "beta2_decay"),
-            ({"beta2_decay": NAN}, "beta2_decay"),
-            ({"eps": (-1e-30, 1e-3)}, "eps[0]"),
-            ({"eps": (None, -1e-3)}, "eps[1]"),
-            ({"eps": (None, NAN)}, "eps[1]"),
-            ({"eps": 1e-3}, "eps"),
-            ({"d": 0.0}, "d"),
-            ({"d": NAN}, "d"),
-        ],
-        torch_error_inputs=_TORCH_COMMON_ERRORS
-        + [
-            ({"eps": (-1e-30, 1e-3)}, "epsilon1 should be >= 0"),
-            ({"d": 0.0}, "Clipping threshold d should be >= 1"),
-            ({"beta2_decay": 0.8}, "beta2_decay should be <= 0"),
-        ],
-    ),
-]
-
-# Entries whose interface the shared tests do not fit: SparseAdam takes only
-# sparse gradients (tests/test_sparse_adam.py), LBFGS needs a closure and takes
-# one parameter group (tests/test_lbfgs.py). Their configurations, error
-# inputs and torch's error inputs live here all the same; the construction-level
-# shared tests run on them from tests/test_optimizers_torch_db.py.
+# Entries whose interface the step-level shared tests do not fit: SparseAdam
+# takes only sparse gradients (tests/test_sparse_adam.py), LBFGS needs a
+# closure and takes one parameter group (tests/test_lbfgs.py). Their
+# configurations, error inputs and torch's error inputs live here all the same;
+# the construction-level shared tests of tests/test_optimizers.py
+# (``CONSTRUCTED``) run on them.
 OWN_TESTS: list[OptimizerInfo] = [
     OptimizerInfo(
         name="SparseAdam",

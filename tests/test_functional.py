@@ -12,13 +12,13 @@ import importlib
 import pytest
 import torch
 
-from optimizers import adadelta, adagrad, adam, adamax, nadam, rmsprop, sgd
+from optimizers import adadelta, adafactor, adagrad, adam, adamax, asgd, nadam, radam, rmsprop, rprop, sgd
 
 
-def _torch_functional(name: str):
+def _torch_functional(name: str, module: str | None = None):
     # torch.optim's package namespace hides some submodules behind the
     # classes' names, so import the module by its full name.
-    return getattr(importlib.import_module(f"torch.optim.{name}"), name)
+    return getattr(importlib.import_module(f"torch.optim.{module or name}"), name)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,6 +42,13 @@ def _steps(ps):
 
 def _ones_scalar(ps):
     return [torch.tensor(1.0) for _ in ps]
+
+
+def _adafactor_state(ps):
+    """Row and column variances for matrices (and higher), a full variance otherwise."""
+    rows = [p.new_zeros(p.shape[:-1] + (1,)) if p.dim() > 1 else None for p in ps]
+    cols = [p.new_zeros(p.shape[:-2] + (1, p.shape[-1])) if p.dim() > 1 else None for p in ps]
+    return [rows, cols, [None if p.dim() > 1 else torch.zeros_like(p) for p in ps], _steps(ps)]
 
 
 # name: (ours, torch's, state lists factory, hyperparameters accepted by both)
@@ -72,7 +79,24 @@ SPECS = {
     "adamax": (adamax.adamax, _torch_functional("adamax"),
                lambda ps: [_zeros(ps), _zeros(ps), _steps(ps)],
                dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.01, maximize=True)),
+    # beta2 small enough that the rectified phase starts within the steps below
+    "radam": (radam.radam, _torch_functional("radam"), lambda ps: [_zeros(ps), _zeros(ps), _steps(ps)],
+              dict(lr=1e-2, beta1=0.9, beta2=0.9, eps=1e-8, weight_decay=0.01, maximize=False)),
+    "radam_decoupled": (radam.radam, _torch_functional("radam"), lambda ps: [_zeros(ps), _zeros(ps), _steps(ps)],
+                        dict(lr=1e-2, beta1=0.8, beta2=0.95, eps=1e-6, weight_decay=0.1,
+                             decoupled_weight_decay=True, maximize=True)),
+    "rprop": (rprop.rprop, _torch_functional("rprop"),
+              lambda ps: [_zeros(ps), [torch.full_like(p, 0.05) for p in ps], _steps(ps)],
+              dict(step_size_min=1e-3, step_size_max=0.2, etaminus=0.4, etaplus=1.3, maximize=True)),
+    "asgd": (asgd.asgd, _torch_functional("asgd"),
+             lambda ps: [_zeros(ps), [torch.tensor(1.0) for _ in ps], [torch.tensor(0.05) for _ in ps], _steps(ps)],
+             dict(lr=0.05, lambd=1e-2, alpha=0.6, t0=4, weight_decay=0.01, maximize=True)),
+    "adafactor": (adafactor.adafactor, _torch_functional("adafactor", "_adafactor"), _adafactor_state,
+                  dict(lr=0.05, beta2_decay=-0.6, eps1=None, eps2=1e-3, d=1.2, weight_decay=0.1, maximize=True)),
 }
+
+# enough steps for RAdam's rectified phase and ASGD's averaging (t0 above) to run
+FUNCTIONAL_STEPS = 12
 
 
 def _random(shapes, seed, dtype=torch.float64):
@@ -86,15 +110,20 @@ def test_functional_matches_torch_functional(name, foreach):
     ours_fn, torch_fn, make_state, hyper = SPECS[name]
     p_ours, p_ref = _random(SHAPES, 0), _random(SHAPES, 0)
     s_ours, s_ref = make_state(p_ours), make_state(p_ref)
-    for step in range(6):
+    for step in range(FUNCTIONAL_STEPS):
         grads = _random(SHAPES, 100 + step)
-        ours_fn(p_ours, [g.clone() for g in grads], *s_ours, foreach=foreach, **hyper)
+        before = [g.clone() for g in grads]
+        ours_fn(p_ours, grads, *s_ours, foreach=foreach, **hyper)
         torch_fn(p_ref, [g.clone() for g in grads], *s_ref, foreach=foreach, **hyper)
+        assert all(torch.equal(g, g0) for g, g0 in zip(grads, before))  # gradients untouched
     for a, b in zip(p_ours, p_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     for la, lb in zip(s_ours, s_ref):
         for a, b in zip(la, lb):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+            if a is None:  # Adafactor: factored or full variance, by dimension
+                assert b is None
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
