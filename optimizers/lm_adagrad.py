@@ -13,7 +13,10 @@ Chapter 10 of the book derives every line.
 
 from __future__ import annotations
 
+import functools
 import numbers
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,6 +66,186 @@ def _check_no_differentiable(name: str, differentiable: bool) -> None:
             f"Invalid differentiable: True (must be False: differentiating through the step "
             f"is not implemented by optimizers.{name})"
         )
+
+
+# --------------------------------------------------------------------------- #
+# Checks shared by both classes: DTensors, memory, non-finite gradients        #
+# --------------------------------------------------------------------------- #
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def _local(t: Tensor) -> Tensor:
+    """The local shard of a DTensor, ``t`` itself otherwise."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
+def _check_no_dtensor(name: str, group_index: int, params: list[Tensor]) -> None:
+    for j, p in enumerate(params):
+        if _is_dtensor(p):
+            raise TypeError(
+                f"{name} does not support DTensor parameters, but "
+                f"param_groups[{group_index}]['params'][{j}] is a DTensor with placements "
+                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): the d x d matrix A_t "
+                "couples every entry of a tensor with every other, across shards. Keep such "
+                "parameters out of fully_shard, or optimize them with another optimizer"
+            )
+
+
+@functools.lru_cache(maxsize=None)
+def _device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of ``device`` (the machine's RAM for the CPU), or None if unknown."""
+    try:
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+    except (AttributeError, OSError, RuntimeError, ValueError, AssertionError):
+        pass
+    return None
+
+
+def _format_bytes(n: int) -> str:
+    for unit, size in (("EB", 1e18), ("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def _check_state_memory(
+    name: str,
+    groups: list[dict[str, Any]],
+    state_bytes: Callable[[Tensor, dict[str, Any]], tuple[int, int]],
+    advice: str,
+) -> None:
+    """Refuse, before anything is allocated, a state that cannot fit on its device.
+
+    ``state_bytes(p, group)`` gives the bytes of ``p``'s state and of the
+    largest work buffers one step of ``p`` allocates; per device, the sum of
+    the states plus the largest work buffer must not exceed the device's
+    memory (:func:`_device_memory`; devices of unknown size are not checked).
+    """
+    need: dict[torch.device, list[int]] = {}
+    for group in groups:
+        for p in group["params"]:
+            state, work = state_bytes(p, group)
+            acc = need.setdefault(p.device, [0, 0])
+            acc[0] += state
+            acc[1] = max(acc[1], work)
+    for device, (state, work) in need.items():
+        limit = _device_memory(device)
+        total = state + work
+        if limit is not None and total > limit:
+            sizes = sorted({g["history_size"] for g in groups}, key=lambda k: (k is not None, k))
+            raise ValueError(
+                f"{name} would need {total} bytes ({_format_bytes(total)}) on {device} "
+                f"({state} for the optimizer state, {work} for one step's work buffers; "
+                f"history_size: {', '.join(map(repr, sizes))}), more than the "
+                f"{_format_bytes(limit)} of memory of {device}. {advice}"
+            )
+
+
+def _lm_state_bytes(p: Tensor, group: dict[str, Any]) -> tuple[int, int]:
+    """LMAdagrad: the ring buffer (k values per entry), the k x k float64 Gram
+    matrix, the momentum buffer; work: two k x k float64 copies of the Gram
+    matrix (the block's and the host's), its eigenvectors, a float64 chunk of
+    the window."""
+    k, n, size = group["history_size"], p.numel(), p.element_size()
+    state = k * n * size + 8 * k * k + (n * size if group["momentum"] != 0 else 0)
+    d = _real(p).numel() if p.numel() else 0
+    work = 8 * 3 * k * k + 8 * k * min(d, _chunk(p.device))
+    return state, work
+
+
+def _full_state_bytes(p: Tensor, group: dict[str, Any]) -> tuple[int, int]:
+    """FullMatrixAdagrad: the d x d sum (or the window of k gradients); work:
+    the float64 d x d matrix and its eigenvectors (and the float64 window)."""
+    k = group["history_size"]
+    d, size = _real(p).numel(), _real(p).element_size()
+    if k is None:
+        return d * d * size, 8 * 2 * d * d
+    return k * p.numel() * p.element_size(), 8 * (k * d + 2 * d * d)
+
+
+def _first_nonfinite(grads: list[Tensor]) -> int | None:
+    """Index of the first gradient with a NaN or infinite entry, or None.
+
+    One ``torch._foreach_norm`` per device (a pass over the gradients, cheap
+    next to the :math:`O(dk)` whitening) and one host read per device. A norm
+    that overflows although every entry is finite (possible in float16) is
+    looked at entry by entry before being called non-finite.
+    """
+    by_device: dict[torch.device, list[int]] = {}
+    locals_ = [_local(g) for g in grads]
+    for i, g in enumerate(locals_):
+        by_device.setdefault(g.device, []).append(i)
+    first = None
+    for idx in by_device.values():
+        norms = torch._foreach_norm([locals_[i] for i in idx])
+        if bool(torch.stack(norms).isfinite().all()):
+            continue
+        for i, norm in zip(idx, norms):
+            if not bool(norm.isfinite()) and not bool(torch.isfinite(locals_[i]).all()):
+                first = i if first is None else min(first, i)
+                break
+    return first
+
+
+def _nonfinite_error(name: str, label: str, p: Tensor, g: Tensor, t: int) -> FloatingPointError:
+    g = _local(g)
+    bad = ~torch.isfinite(g)
+    n_bad, n_nan = int(bad.sum()), int(torch.isnan(g).sum())
+    where = tuple(torch.nonzero(bad)[0].tolist())
+    return FloatingPointError(
+        f"{name}: the gradient of {label} (shape {tuple(p.shape)}, {p.dtype}) has {n_nan} NaN and "
+        f"{n_bad - n_nan} infinite entries out of {g.numel()} (the first at index {where}), at step "
+        f"t = {t} of this parameter (its gradient number {t + 1}). Nothing was updated: the "
+        "parameters and the optimizer state are as before this call, so the step can be skipped "
+        "(as torch.amp.GradScaler skips it) and training continued. Every entry of a whitened "
+        "update depends on every entry of the gradient, so the finite entries cannot be updated alone"
+    )
+
+
+def _check_finite_grads(opt: OptimizerBase) -> None:
+    """Raise :class:`FloatingPointError` if any gradient of any group of
+    ``opt`` has a non-finite entry, before any group is updated."""
+    entries = [
+        (gi, j, p)
+        for gi, group in enumerate(opt.param_groups)
+        for j, p in enumerate(group["params"])
+        if p.grad is not None and not p.grad.is_sparse
+    ]
+    if not entries:
+        return
+    i = _first_nonfinite([p.grad for _, _, p in entries])
+    if i is not None:
+        gi, j, p = entries[i]
+        state = opt.state.get(p)
+        t = int(state["step"]) if state and "step" in state else 0
+        raise _nonfinite_error(type(opt).__name__, f"param_groups[{gi}]['params'][{j}]", p, p.grad, t)
+
+
+class _GroupParamNames(Sequence[str]):
+    """Names ``param_groups[g]['params'][j]`` of the parameters a class passes to
+    :func:`lm_adagrad`, computed only when an error message needs one."""
+
+    def __init__(self, opt: OptimizerBase, group: dict[str, Any], params: list[Tensor]) -> None:
+        self._opt, self._group, self._params = opt, group, params
+
+    def __len__(self) -> int:
+        return len(self._params)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        p = self._params[i]
+        gi = next(n for n, g in enumerate(self._opt.param_groups) if g is self._group)
+        j = next(n for n, q in enumerate(self._group["params"]) if q is p)
+        return f"param_groups[{gi}]['params'][{j}]"
 
 
 class LMAdagrad(OptimizerBase):
@@ -135,10 +318,34 @@ class LMAdagrad(OptimizerBase):
     * **Concatenation** (``concatenate=True``): all parameters of a param
       group with a gradient form one vector (interactions between layers are
       whitened too); by default each tensor is whitened on its own.
-    * Complex parameters are treated as real vectors of twice the length.
+    * Complex parameters are treated as real vectors of twice the length:
+      every operation acts on the ``view_as_real`` view, so a complex
+      parameter and its real twin follow bit-identical trajectories (both
+      paths, every option).
+    * **Non-finite gradients.** Every entry of :math:`u_t` depends on every
+      entry of :math:`g_t`, so a NaN or infinite entry cannot stay local (as
+      it does in ``torch.optim``'s element-wise methods): it would turn the
+      whole tensor to NaN and stay in the window for :math:`k` steps. Before
+      touching anything, :meth:`step` checks the gradients of all param
+      groups (one norm per tensor, ``torch._foreach_norm``, and one host read
+      per device) and raises :class:`FloatingPointError` naming the parameter
+      (``param_groups[i]['params'][j]``), its shape and dtype, the count of
+      NaN and infinite entries, the first one's index and the step
+      :math:`t`. Parameters and state are then exactly as before the call:
+      catch the error to skip the step (as ``torch.amp.GradScaler`` skips
+      steps with infinite gradients) and the run continues as if the bad
+      gradient had never come.
 
     Memory: the history, :math:`k` floats per parameter element (in the
-    parameter's dtype), plus one more with momentum.
+    parameter's dtype), plus one more with momentum, and a :math:`k\times k`
+    float64 Gram matrix per tensor. A state that, with one step's work
+    buffers, exceeds the memory of its device (the machine's RAM for CPU
+    tensors, the GPU's total memory for CUDA ones; devices of unknown size
+    are not checked) is refused before anything is allocated, with a
+    ``ValueError`` giving the bytes it would need: by the constructor, by
+    :meth:`add_param_group`, and at a parameter's first step (if
+    ``history_size`` was raised since). ``history_size=10**9`` thus fails at
+    construction, not in the first step's allocation.
 
     State per parameter: ``step`` (0-dim CPU tensor, the number of gradients
     seen), ``history`` (ring buffer of shape ``(k, *p.shape)``; slot
@@ -250,6 +457,22 @@ class LMAdagrad(OptimizerBase):
         )
         super().__init__(params, defaults)
 
+    _MEMORY_ADVICE = (
+        "Lower history_size: the window holds k values per parameter entry and the Gram "
+        "matrix k^2 float64 numbers per tensor"
+    )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing (``ValueError``,
+        with the number of bytes) a state that cannot fit in the device's memory."""
+        super().add_param_group(param_group)
+        try:
+            _check_state_memory(type(self).__name__, self.param_groups, _lm_state_bytes,
+                                self._MEMORY_ADVICE)
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state: dict[str, Any] = {
             "step": _new_step(),
@@ -282,9 +505,14 @@ class LMAdagrad(OptimizerBase):
             self.state[p]["gram"] = gram.to(device=p.device, dtype=torch.float64, copy=True)
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        if group is self.param_groups[0]:  # every group's gradients, before any update
+            _check_finite_grads(self)
         params, grads, _, _ = self._gather(group)
         if not params:
             return
+        if any(not self.state.get(p) for p in params):  # new state: check before allocating
+            _check_state_memory(type(self).__name__, self.param_groups, _lm_state_bytes,
+                                self._MEMORY_ADVICE)
         states = [self._lazy_state(p, group) for p in params]
         for p, s in zip(params, states):  # options switched on after the state was created
             if group["momentum"] != 0 and "momentum_buffer" not in s:
@@ -311,6 +539,8 @@ class LMAdagrad(OptimizerBase):
             concatenate=group["concatenate"],
             maximize=group["maximize"],
             foreach=group["foreach"],
+            check_finite=False,  # checked above for all groups at once
+            param_names=_GroupParamNames(self, group, params),
         )
 
 
@@ -331,6 +561,20 @@ class FullMatrixAdagrad(OptimizerBase):
     float64 eigendecomposition of :math:`A_t`: :math:`O(d^2)` memory and
     :math:`O(d^3)` work per step. With ``eps=0`` zero eigenvalues are dropped
     (pseudo-inverse) instead of giving infinities.
+
+    Hard cases, as in :class:`LMAdagrad`: a gradient with a NaN or infinite
+    entry raises :class:`FloatingPointError` naming the parameter and the
+    step :math:`t`, before anything is modified (rather than a
+    ``linalg.eigh`` convergence failure); so does a sum :math:`A_t` that
+    overflows its dtype (float16 overflows for :math:`|g| > 256`); if the
+    eigendecomposition itself fails, the ``LinAlgError`` names the parameter
+    and the step. A state that cannot fit in the device's memory (:math:`d^2`
+    numbers per tensor, plus the float64 :math:`d\times d` matrix and its
+    eigenvectors during a step) is refused at construction with a
+    ``ValueError`` giving the bytes. DTensor parameters (FSDP2's
+    ``fully_shard``) are refused at construction with a ``TypeError``:
+    :math:`A_t` couples every entry of a tensor with every other, across
+    shards.
 
     State per parameter: ``step``, and ``sum`` (:math:`A_t`, shape ``(d, d)``)
     or ``history`` (``(k, *p.shape)``, as in :class:`LMAdagrad`).
@@ -378,6 +622,25 @@ class FullMatrixAdagrad(OptimizerBase):
         )
         super().__init__(params, defaults)
 
+    _MEMORY_ADVICE = (
+        "Full-matrix AdaGrad keeps a d x d matrix per tensor of d entries: use it for small "
+        "tensors only, and LMAdagrad for large ones"
+    )
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing DTensor
+        parameters (``TypeError``) and a state that cannot fit in the device's
+        memory (``ValueError``, with the number of bytes)."""
+        super().add_param_group(param_group)
+        try:
+            _check_no_dtensor(type(self).__name__, len(self.param_groups) - 1,
+                              self.param_groups[-1]["params"])
+            _check_state_memory(type(self).__name__, self.param_groups, _full_state_bytes,
+                                self._MEMORY_ADVICE)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
+
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         k = group["history_size"]
         if k is None:
@@ -386,9 +649,14 @@ class FullMatrixAdagrad(OptimizerBase):
         return {"step": _new_step(), "history": torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device)}
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        if group is self.param_groups[0]:  # every group's gradients, before any update
+            _check_finite_grads(self)
         params, grads, _, _ = self._gather(group)
         if not params:
             return
+        if any(not self.state.get(p) for p in params):  # new state: check before allocating
+            _check_state_memory(type(self).__name__, self.param_groups, _full_state_bytes,
+                                self._MEMORY_ADVICE)
         states = [self._lazy_state(p, group) for p in params]
         windowed = group["history_size"] is not None
         lm_adagrad(
@@ -405,6 +673,8 @@ class FullMatrixAdagrad(OptimizerBase):
             foreach=group["foreach"],
             exact=True,
             accumulate=not windowed,
+            check_finite=False,  # checked above for all groups at once
+            param_names=_GroupParamNames(self, group, params),
         )
 
 
@@ -436,6 +706,8 @@ def lm_adagrad(
     grams: list[Tensor] | None = None,
     exact: bool = False,
     accumulate: bool = False,
+    check_finite: bool = True,
+    param_names: Sequence[str] | None = None,
 ) -> None:
     r"""Functional LM-Adagrad: update ``params`` and the state lists in place.
 
@@ -447,7 +719,18 @@ def lm_adagrad(
     :math:`(A+\epsilon I)^{-1/2} g` of :class:`FullMatrixAdagrad`; with
     ``accumulate=True`` the ``histories`` entries are then the running sums
     :math:`A` of shape ``(d, d)``.
+
+    ``check_finite=True`` raises :class:`FloatingPointError` before touching
+    anything if a gradient has a NaN or infinite entry (see :class:`LMAdagrad`;
+    the classes check all their param groups at once and pass False).
+    ``param_names`` name the parameters in error messages (default:
+    ``params[i]``).
     """
+    names: Sequence[str] = param_names if param_names is not None else _IndexNames(len(params))
+    if check_finite:
+        i = _first_nonfinite(grads)
+        if i is not None:
+            raise _nonfinite_error("lm_adagrad", names[i], params[i], grads[i], int(state_steps[i]))
     if exact and (centered or momentum != 0 or update_norm is not None or concatenate):
         raise ValueError("exact=True supports no centering, momentum, update_norm or concatenate")
     if not exact and grams is None:
@@ -475,7 +758,23 @@ def lm_adagrad(
         maximize=maximize,
         exact=exact,
         accumulate=accumulate,
+        names=names,
     )
+
+
+class _IndexNames(Sequence[str]):
+    """``params[0]``, ``params[1]``, ...: the default names in error messages."""
+
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return f"params[{i}]"
 
 
 def _whitening_coefficients(G: Tensor, c: Tensor, eps: float, centered: bool, rtol: Tensor) -> Tensor:
@@ -518,6 +817,12 @@ def _solve_small(Gs: list[Tensor], cs: list[Tensor], rtols: list[float], eps: fl
     device = Gs[0].device
     sizes = [G.shape[-1] for G in Gs]
     flat = torch.cat([torch.cat([G.reshape(-1), c]) for G, c in zip(Gs, cs)]).cpu()
+    if not bool(torch.isfinite(flat).all()):  # free: the numbers are on the host already
+        raise FloatingPointError(
+            "LMAdagrad: the float64 Gram matrix M^T M or M^T v overflowed (finite gradient "
+            "entries above about 1e154 in float64 parameters, or non-finite parameters with "
+            "coupled weight decay); the history now holds them. Scale the loss down"
+        )
     out, pos = [], 0
     for n, rtol in zip(sizes, rtols):
         G = flat[pos:pos + n * n].reshape(1, n, n)
@@ -569,14 +874,31 @@ def _flat_history(h: Tensor, n: int) -> Tensor:
     return _real(h[:n]).reshape(n, -1)
 
 
-def _insert(histories: list[Tensor], grads: list[Tensor], counts: list[int], accumulate: bool) -> None:
-    """Put ``g_t`` into slot ``count % k`` of each ring buffer (or add ``g g^T`` to ``A``)."""
-    for h, g, c in zip(histories, grads, counts):
-        if accumulate:
+def _insert(histories: list[Tensor], grads: list[Tensor], counts: list[int], accumulate: bool,
+            names: Sequence[str]) -> None:
+    """Put ``g_t`` into slot ``count % k`` of each ring buffer (or add ``g g^T`` to ``A``).
+
+    The sums ``A`` are computed aside and stored only if all are finite (a
+    float16 or float32 sum can overflow with finite gradients): on overflow
+    ``FloatingPointError`` is raised and nothing is modified.
+    """
+    if accumulate:
+        sums = []
+        for i, (h, g) in enumerate(zip(histories, grads)):
             gf = _flat(g)
-            h.addr_(gf, gf)  # A_t = A_{t-1} + g_t g_t^T
-        else:
-            h[c % h.shape[0]].copy_(g)
+            A = torch.addr(h, gf, gf)  # A_t = A_{t-1} + g_t g_t^T
+            if not bool(torch.isfinite(A).all()):
+                raise FloatingPointError(
+                    f"FullMatrixAdagrad: the sum A_t of g g^T of {names[i]} overflows {A.dtype} "
+                    f"at step t = {counts[i]} (largest |g| entry {float(gf.abs().max()):.3g}). "
+                    "Nothing was updated; use a wider dtype for this parameter or scale the loss down"
+                )
+            sums.append(A)
+        for h, A in zip(histories, sums):
+            h.copy_(A)
+        return
+    for h, g, c in zip(histories, grads, counts):
+        h[c % h.shape[0]].copy_(g)
 
 
 #: columns of a low-precision window converted to float64 at a time: small
@@ -704,17 +1026,20 @@ def _single_tensor_lm_adagrad(
     maximize: bool,
     exact: bool,
     accumulate: bool,
+    names: Sequence[str],
 ) -> None:
     if concatenate and len({p.device for p in params}) > 1:
         raise RuntimeError("LMAdagrad(concatenate=True) needs all parameters of a group on one device")
     gs = []
     for theta, g in zip(params, grads):
-        g = -g if maximize else g
+        # complex tensors as real views throughout: complex arithmetic (a complex
+        # product for alpha * theta, say) rounds differently from the real twin
+        g = _real(-g if maximize else g)
         if weight_decay != 0 and not decoupled_weight_decay:
-            g = g.add(theta, alpha=weight_decay)  # coupled: g_t + lambda theta_{t-1}
+            g = g.add(_real(theta), alpha=weight_decay)  # coupled: g_t + lambda theta_{t-1}
         gs.append(g)
     counts = [int(s.item()) for s in state_steps]  # CPU counters: no device sync
-    _insert(histories, gs, counts, accumulate)
+    _insert([_real(h) for h in histories], gs, counts, accumulate, names)
     for s in state_steps:
         s += 1
     for block in _blocks(len(params), concatenate, counts):
@@ -725,7 +1050,7 @@ def _single_tensor_lm_adagrad(
         for i in block:
             v = gs[i]
             if momentum != 0 and momentum_mode == "gradient":
-                m = momentum_buffers[i]
+                m = _real(momentum_buffers[i])
                 m.mul_(momentum).add_(v, alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
                 v = m / (1 - momentum**t)
             vs.append(v)
@@ -737,7 +1062,14 @@ def _single_tensor_lm_adagrad(
                 else:
                     M = _flat_history(h, min(t, h.shape[0])).to(torch.float64)
                     A = M.T @ M  # A_t = M M^T in column convention
-                us.append(_exact_direction(A, _flat(v), eps).reshape(_real(params[i]).shape))
+                try:
+                    u = _exact_direction(A, _flat(v), eps)
+                except torch.linalg.LinAlgError as err:
+                    raise torch.linalg.LinAlgError(
+                        f"FullMatrixAdagrad: the eigendecomposition of the {A.shape[0]} x {A.shape[0]} "
+                        f"matrix A_t of {names[i]} failed at step t = {t - 1}: {err}"
+                    ) from err
+                us.append(u.reshape(_real(params[i]).shape))
         else:
             n = min(t, hs[0].shape[0])
             G, c = _gram_and_rhs(hs, [grams[i] for i in block], [gs[i] for i in block], vs,
@@ -784,6 +1116,7 @@ def _multi_tensor_lm_adagrad(
     maximize: bool,
     exact: bool,
     accumulate: bool,
+    names: Sequence[str],
 ) -> None:
     """Same update as the single-tensor path; element-wise work uses
     ``torch._foreach_*`` and the small eigenproblems of all parameters are
@@ -794,7 +1127,7 @@ def _multi_tensor_lm_adagrad(
             lr=lr, eps=eps, centered=centered, weight_decay=weight_decay, momentum=momentum,
             momentum_mode=momentum_mode, update_norm=update_norm, update_norm_beta=update_norm_beta,
             decoupled_weight_decay=decoupled_weight_decay, concatenate=concatenate,
-            maximize=maximize, exact=exact, accumulate=accumulate,
+            maximize=maximize, exact=exact, accumulate=accumulate, names=names,
         )
         return
     if concatenate and len({p.device for p in params}) > 1:
@@ -810,7 +1143,7 @@ def _multi_tensor_lm_adagrad(
         for j, g in zip(idx, g_list):
             gs[j] = g
     counts = [int(s.item()) for s in state_steps]
-    _insert([_real(h) for h in histories], gs, counts, False)
+    _insert([_real(h) for h in histories], gs, counts, False, names)
     _increment_steps(state_steps)
 
     blocks = _blocks(len(params), concatenate, counts)
