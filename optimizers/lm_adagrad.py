@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -74,11 +75,10 @@ def _check_no_differentiable(name: str, differentiable: bool) -> None:
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
+    # no DTensor can exist before torch.distributed.tensor is imported, and
+    # importing it here would cost seconds
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def _local(t: Tensor) -> Tensor:

@@ -225,7 +225,8 @@ def test_cpu_memory_is_the_machines():
     {"momentum": 0.9, "momentum_mode": "update", "update_norm": "clip"},
     {"momentum": 0.5, "weight_decay": 0.1, "centered": True},
     {"momentum": 0.9, "weight_decay": 0.1, "decoupled_weight_decay": True, "maximize": True},
-], ids=["gradient-momentum", "update-momentum", "centred-coupled", "decoupled-maximize"])
+    {"momentum": 0.9, "update_norm": "graft", "concatenate": True, "weight_decay": 0.1},
+], ids=["gradient-momentum", "update-momentum", "centred-coupled", "decoupled-maximize", "concatenated"])
 def test_complex_parameter_and_its_real_twin_are_identical(kw, dtype, foreach):
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(8, dtype=dtype, generator=gen).requires_grad_(True)
