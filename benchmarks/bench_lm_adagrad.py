@@ -1,13 +1,13 @@
-"""Time one LM-Adagrad step against the note's SVD formulation, on the CPU.
+"""Time one LM-Adagrad step against an SVD of the d x k window, on the CPU.
 
 Both implementations keep the last ``k = 10`` float32 gradients of one parameter
 vector of ``d`` elements (``d`` = 1M and 10M) and compute the same update
 ``w -= lr * U (S^2 + eps)^{-1/2} U^T g``:
 
-* **note SVD** (the baseline, written here after the note's description): append
+* **window SVD** (the baseline, the update computed literally from a thin SVD): append
   ``g`` to a list of the last ``k`` gradients, stack them as the columns of a
   ``d x k`` matrix, take its thin SVD with ``torch.linalg.svd(M,
-  full_matrices=False)`` (the default CPU driver: the note's ``driver="gesvda"``
+  full_matrices=False)`` (the default CPU driver: ``driver="gesvda"``
   exists only on CUDA), then ``U @ ((U.T @ g) / sqrt(S^2 + eps))``;
 * **optimizers.LMAdagrad** (default settings, ``history_size=10``): a ring
   buffer, one new row of a float64 ``k x k`` Gram matrix per step (``O(dk)``),
@@ -63,8 +63,8 @@ RESULTS = os.path.join(HERE, "results", "lm_adagrad_step_times.md")
 K, LR, EPS = 10, 1e-3, 1e-6
 
 
-class NoteSVD:
-    """The note's algorithm, literally: a list of the last k gradients and a thin SVD."""
+class WindowSVD:
+    """The update from an SVD of the d x k window, literally: a list of the last k gradients and a thin SVD."""
 
     def __init__(self, w: torch.Tensor, lr: float = LR, k: int = K, eps: float = EPS) -> None:
         self.w, self.lr, self.k, self.eps = w, lr, k, eps
@@ -103,23 +103,23 @@ def check_same_update(d: int, seed: int = 0) -> float:
     """Relative difference of the two updates from the same window of k gradients."""
     gen = torch.Generator().manual_seed(seed)
     grads = [torch.randn(d, generator=gen) for _ in range(K)]
-    note, ours = NoteSVD(torch.zeros(d), lr=1.0), Ours(torch.zeros(d))
+    svd, ours = WindowSVD(torch.zeros(d), lr=1.0), Ours(torch.zeros(d))
     for g in grads[:-1]:
-        note.direction(g)
+        svd.direction(g)
         ours.step(g)
     before = ours.w.detach().clone()
-    u_note = note.direction(grads[-1])
+    u_svd = svd.direction(grads[-1])
     ours.step(grads[-1])
     u_ours = (before - ours.w.detach()) / LR
-    return float((u_ours - u_note).norm() / u_note.norm())
+    return float((u_ours - u_svd).norm() / u_svd.norm())
 
 
 def bench(d: int, rounds: int, pool_size: int = 3, repeat: int = 3) -> dict:
     gen = torch.Generator().manual_seed(1)
     pool = [torch.randn(d, generator=gen) for _ in range(pool_size)]
-    impls = {"note SVD": NoteSVD(torch.zeros(d)), "optimizers.LMAdagrad": Ours(torch.zeros(d))}
+    impls = {"window SVD": WindowSVD(torch.zeros(d)), "optimizers.LMAdagrad": Ours(torch.zeros(d))}
     # fill the windows (the baseline's list directly: its warm-up SVDs would cost minutes)
-    impls["note SVD"].history = [pool[i % pool_size].clone() for i in range(K - 1)]
+    impls["window SVD"].history = [pool[i % pool_size].clone() for i in range(K - 1)]
     for i in range(K):
         impls["optimizers.LMAdagrad"].step(pool[i % pool_size].clone())
     times: dict[str, list[float]] = {name: [] for name in impls}
@@ -127,7 +127,7 @@ def bench(d: int, rounds: int, pool_size: int = 3, repeat: int = 3) -> dict:
     for r in range(rounds):
         for name in names[r % 2:] + names[: r % 2]:  # alternate who goes first
             # the cheap step is timed `repeat` times per round: more samples for its best time
-            for j in range(1 if name == "note SVD" else repeat):
+            for j in range(1 if name == "window SVD" else repeat):
                 g = pool[(r + j) % pool_size].clone()
                 gc.collect()
                 t0 = time.perf_counter()
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     t_start = time.perf_counter()
     agree = check_same_update(100_000)
-    print(f"same window, one update: |u_ours - u_note| / |u_note| = {agree:.1e}")
+    print(f"same window, one update: |u_ours - u_svd| / |u_svd| = {agree:.1e}")
     bw = copy_bandwidth("cpu", mib=128, repeats=5)
     rows = []
     for d in sizes:
@@ -160,9 +160,9 @@ def main(argv=None) -> None:
         res["rounds"] = rounds
         rows.append(res)
         b, m = res["best"], res["median"]
-        print(f"d={d:>9,}: note SVD best {b['note SVD'] * 1e3:8.1f} ms (median {m['note SVD'] * 1e3:8.1f}), "
+        print(f"d={d:>9,}: window SVD best {b['window SVD'] * 1e3:8.1f} ms (median {m['window SVD'] * 1e3:8.1f}), "
               f"LMAdagrad best {b['optimizers.LMAdagrad'] * 1e3:7.1f} ms (median "
-              f"{m['optimizers.LMAdagrad'] * 1e3:7.1f}), speed-up {b['note SVD'] / b['optimizers.LMAdagrad']:.1f}x")
+              f"{m['optimizers.LMAdagrad'] * 1e3:7.1f}), speed-up {b['window SVD'] / b['optimizers.LMAdagrad']:.1f}x")
     elapsed = time.perf_counter() - t_start
     if not args.no_write:
         write_markdown(rows, agree, bw, elapsed)
@@ -172,7 +172,7 @@ def main(argv=None) -> None:
 def write_markdown(rows: list[dict], agree: float, bw: float, elapsed: float) -> None:
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     lines = [
-        "# LM-Adagrad step time: Gram route vs the note's SVD",
+        "# LM-Adagrad step time: Gram route vs an SVD of the d x k window",
         "",
         "Written by `benchmarks/bench_lm_adagrad.py`. One parameter vector of d float32",
         f"elements, window k = {K}, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads,",
@@ -182,16 +182,16 @@ def write_markdown(rows: list[dict], agree: float, bw: float, elapsed: float) ->
         "",
         f"Same window, one update: relative difference of the two updates {agree:.1e} (float32).",
         "",
-        "| d | rounds (SVD steps) | note SVD best (ms) | note SVD median (ms) | LMAdagrad best (ms) | "
-        "LMAdagrad median (ms) | speed-up (best) | state, note (MB) | state, LMAdagrad (MB) |",
+        "| d | rounds (SVD steps) | window SVD best (ms) | window SVD median (ms) | LMAdagrad best (ms) | "
+        "LMAdagrad median (ms) | speed-up (best) | state, window SVD (MB) | state, LMAdagrad (MB) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         b, m, s = r["best"], r["median"], r["state"]
         lines.append(
-            f"| {r['d']:,} | {r['rounds']} | {b['note SVD'] * 1e3:.1f} | {m['note SVD'] * 1e3:.1f} | "
+            f"| {r['d']:,} | {r['rounds']} | {b['window SVD'] * 1e3:.1f} | {m['window SVD'] * 1e3:.1f} | "
             f"{b['optimizers.LMAdagrad'] * 1e3:.1f} | {m['optimizers.LMAdagrad'] * 1e3:.1f} | "
-            f"{b['note SVD'] / b['optimizers.LMAdagrad']:.1f}x | {s['note SVD'] / 1e6:.1f} | "
+            f"{b['window SVD'] / b['optimizers.LMAdagrad']:.1f}x | {s['window SVD'] / 1e6:.1f} | "
             f"{s['optimizers.LMAdagrad'] / 1e6:.1f} |"
         )
     lines += [
