@@ -2,7 +2,7 @@
 
 The generic behaviour (param groups, closures, validation, state-dict resume, ...)
 is covered by the catalogue harness in test_optimizers.py; this file checks the
-mathematics: exact windowed full-matrix AdaGrad, the note's SVD formulation,
+mathematics: exact windowed full-matrix AdaGrad, an SVD of the d x k window,
 degenerate histories, the extras and rotation invariance.
 """
 
@@ -31,7 +31,7 @@ def np_full_matrix_direction(A: np.ndarray, g: np.ndarray, eps: float) -> np.nda
 
 
 def np_svd_direction(M: np.ndarray, g: np.ndarray, eps: float, centered: bool) -> np.ndarray:
-    """The note's formulation: thin SVD of the d x n window (columns = gradients),
+    """The SVD formulation: thin SVD of the d x n window (columns = gradients),
     U (S^2 + eps)^{-1/2} U^T g, with exactly-degenerate singular directions
     (s <= 1e-7 s_max) dropped: their U columns are arbitrary."""
     if centered:

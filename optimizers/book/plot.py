@@ -92,7 +92,7 @@ def trajectories(problem: Problem, paths: Mapping[str, np.ndarray], ax=None, tit
         ax.plot(path[:, 0], path[:, 1], "-", color=color, lw=1.4, label=label,
                 marker="o" if markers else None, markersize=2.5)
         ax.plot(path[0, 0], path[0, 1], "s", color=color, markersize=5)
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="best")
     if title:
         ax.set_title(title)
     return ax
@@ -111,5 +111,5 @@ def loss_curves(curves: Mapping[str, np.ndarray], ax=None, log: bool = True, xla
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
