@@ -98,7 +98,7 @@ def test_equals_windowed_full_matrix_adagrad(d, k, seed, foreach):
 
 @pytest.mark.parametrize("centered", [False, True], ids=["uncentred", "centred"])
 @pytest.mark.parametrize("d,k,seed", CASES)
-def test_equals_the_notes_svd_formulation(d, k, seed, centered):
+def test_equals_the_window_svd_formulation(d, k, seed, centered):
     grads = gradient_sequence(25, d, seed)
     ref = run_numpy(lambda M, g: np_svd_direction(M, g, 1e-6, centered), grads, k, lr=0.1)
     ours = run_torch(lambda p: optimizers.LMAdagrad(p, lr=0.1, history_size=k, centered=centered), grads)
