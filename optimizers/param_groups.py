@@ -9,8 +9,8 @@ in most training scripts; :func:`param_groups` writes them once:
   model capacity but a bias towards a particular, arbitrary function (a zero scale switches the
   feature off), so these parameters usually get ``weight_decay=0``.
 * **Layer-wise learning-rate decay** (discriminative learning rates): with layers numbered
-  :math:`l = 0, \dots, L-1` from the input, layer :math:`l` gets
-  :math:`\eta\,\delta^{\,L-1-l}` with :math:`\delta` = ``layer_decay``, so the output layer keeps
+  :math:`l = 0, \dots, n_{\mathrm{layers}}-1` from the input, layer :math:`l` gets
+  :math:`\eta\,\delta^{\,n_{\mathrm{layers}}-1-l}` with :math:`\delta` = ``layer_decay``, so the output layer keeps
   :math:`\eta` and each layer below gets a factor :math:`\delta` less (fine-tuning: layers near the
   input change least).
 """
@@ -93,8 +93,8 @@ def param_groups(
         lr: learning rate :math:`\eta \ge 0` of the last layer (of every layer without
             ``layer_decay``).
         weight_decay: weight decay :math:`\lambda \ge 0` of the decayed parameters (default: 0).
-        layer_decay: :math:`\delta \in (0, 1]`; layer :math:`l` of :math:`L` gets
-            :math:`\eta\,\delta^{L-1-l}` (default: None, every group gets ``lr``).
+        layer_decay: :math:`\delta \in (0, 1]`; layer :math:`l` of :math:`n_{\mathrm{layers}}` gets
+            :math:`\eta\,\delta^{n_{\mathrm{layers}}-1-l}` (default: None, every group gets ``lr``).
         no_decay: which parameters get ``weight_decay=0``: ``"auto"`` (biases and normalisation
             layers' parameters, :func:`default_no_decay`), a callable
             ``(name, param, owning_module) -> bool``, or an iterable of ``fnmatch`` patterns
@@ -102,7 +102,7 @@ def param_groups(
         layer_of: ``name -> layer index >= 0`` (0 nearest the input). Default: the rank of the
             parameter's top-level child module among the children that hold trainable
             parameters (parameters of ``model`` itself form a layer 0 before them). Layers are renumbered
-            ``0..L-1`` in increasing order of the returned indices.
+            ``0..n_layers-1`` in increasing order of the returned indices.
         include_frozen: also group parameters with ``requires_grad=False`` (default: skip them).
 
     Raises:
@@ -154,7 +154,7 @@ def param_groups(
                                  "integer >= 0)")
             layer_idx[n] = int(k)
     ranks = {k: i for i, k in enumerate(sorted(set(layer_idx.values())))}
-    L = len(ranks)
+    n_layers = len(ranks)
 
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for n, p in named:
@@ -162,7 +162,7 @@ def param_groups(
         decay = not rule(n, p, owners[id(p)])
         key = (layer, not decay)
         if key not in groups:
-            scale = 1.0 if layer_decay is None else float(layer_decay) ** (L - 1 - layer)
+            scale = 1.0 if layer_decay is None else float(layer_decay) ** (n_layers - 1 - layer)
             groups[key] = {"params": [], "param_names": [], "lr": lr * scale,
                            "weight_decay": weight_decay if decay else 0.0, "layer": layer}
         groups[key]["params"].append(p)
