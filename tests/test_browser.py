@@ -107,6 +107,7 @@ def load(browser, site, name: str, width: int) -> dict:
       const images = [...article.querySelectorAll('img')].map(img => ({
         alt: img.getAttribute('alt') || '',
         caption: !!(img.closest('figure') && img.closest('figure').querySelector('figcaption')),
+        full_size: !!(img.closest('a') && img.closest('a').getAttribute('href') === img.getAttribute('src')),
         distorted: img.naturalWidth > 0 && img.height > 0 &&
           Math.abs((img.width / img.height) / (img.naturalWidth / img.naturalHeight) - 1) > 0.02,
         src: img.getAttribute('src') || ''}));
@@ -159,6 +160,13 @@ def test_every_figure_has_a_caption_and_alt_text(browser, site, name):
 def test_figures_keep_their_aspect_ratio(browser, site, name, width):
     bad = [img["src"] for img in load(browser, site, name, width)["images"] if img["distorted"]]
     assert bad == [], f"figures squashed at {width} px: {bad[:3]}"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_figures_open_at_full_size(browser, site, name):
+    """On a phone a two-panel figure is small: a tap opens the full-resolution image."""
+    images = [img for img in load(browser, site, name, 400)["images"] if "logo" not in img["src"]]
+    assert images and all(img["full_size"] for img in images)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
