@@ -402,6 +402,16 @@ def _foreach_l2_grads(
     return grads
 
 
+def _foreach_adam_moments(exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], grads: list[Tensor],
+                          beta1: float, beta2: float) -> None:
+    """Adam's two moving averages, in place, as torch.optim's foreach paths compute them:
+    m <- m + (1 - beta1) (g - m) and v <- beta2 v + (1 - beta2) g * g (shared by Adam, AdamW,
+    NAdam and RAdam)."""
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+
+
 def _real(t: Tensor) -> Tensor:
     """``t`` viewed as real (a trailing dim of size 2) if it is complex."""
     return torch.view_as_real(t) if torch.is_complex(t) else t

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    _foreach_adam_moments,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -329,9 +330,7 @@ def _multi_tensor_nadam(
             weight_decay=0.0 if decoupled_weight_decay else weight_decay,
         )
 
-        torch._foreach_lerp_(m_list, g_list, 1 - beta1)
-        torch._foreach_mul_(v_list, beta2)
-        torch._foreach_addcmul_(v_list, g_list, g_list, 1 - beta2)
+        _foreach_adam_moments(m_list, v_list, g_list, beta1, beta2)
         denom = torch._foreach_sqrt(v_list)
 
         ts = _step_values(steps)

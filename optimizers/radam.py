@@ -16,6 +16,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _foreach_adam_moments,
     _foreach_l2_grads,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -308,9 +309,7 @@ def _multi_tensor_radam(
             weight_decay=0.0 if decoupled_weight_decay else weight_decay,
         )
 
-        torch._foreach_lerp_(m_list, g_list, 1 - beta1)
-        torch._foreach_mul_(v_list, beta2)
-        torch._foreach_addcmul_(v_list, g_list, g_list, 1 - beta2)
+        _foreach_adam_moments(m_list, v_list, g_list, beta1, beta2)
         del g_list
 
         # One multiplier per tensor, theta <- theta + m * c, with
