@@ -68,8 +68,7 @@ def run_nbval(notebook: Path, name: str) -> subprocess.CompletedProcess:
     """Strict nbval on one notebook in a fresh pytest process under the variant's environment."""
     env = {**os.environ, **variant_env(name)}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:randomly",
-         str(notebook.relative_to(ROOT))],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", str(notebook.relative_to(ROOT))],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tools import build_book  # noqa: E402
+from tools import build_book
+
+ROOT = build_book.ROOT
 
 HTML = build_book.HTML
 CHAPTERS = sorted(p.stem for p in (ROOT / "book").glob("[0-9][0-9]_*.ipynb"))
