@@ -1,4 +1,4 @@
-"""Learning-rate tuning for the comparison chapter's network task (book/14_comparison.md).
+"""Learning-rate tuning for the comparison chapter's network task (book/20_comparison.md).
 
 Every optimizer of the chapter gets the same learning-rate grid (half-decade steps). A rate is
 scored by the mean, over the tuning seeds, of the full-training-set loss after the budget (a

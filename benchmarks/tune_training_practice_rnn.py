@@ -1,4 +1,4 @@
-"""Learning-rate tuning for the clipping experiments of book/13_training_practice.md.
+"""Learning-rate tuning for the clipping experiments of book/19_training_practice.md.
 
 The task is the chapter's: a tanh RNN (16 units, recurrent matrix of spectral radius about 1.5)
 must output the sum of the first two of 20 standard-normal inputs; 300 minibatch steps of 32.

@@ -49,7 +49,7 @@ class Adamax(OptimizerBase):
         \theta_{t+1} &= \theta_t - \frac{\eta}{1-\beta_1^n}\, \frac{m_{t+1}}{u_{t+1}}
 
     with :math:`m_0 = u_0 = 0` (the symbols of the book's chapter
-    ``09_nadam_adamax``, which writes :math:`x` for :math:`\theta`).
+    ``11_nadam_adamax``, which writes :math:`x` for :math:`\theta`).
 
     Conventions (those of ``torch.optim.Adamax``):
 

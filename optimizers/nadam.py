@@ -56,7 +56,7 @@ class NAdam(OptimizerBase):
             - \eta\,\frac{\mu_{n+1}}{1-\Pi_n\,\mu_{n+1}}\,\frac{m_{t+1}}{d_{t+1}}
 
     with :math:`m_0 = v_0 = 0` and :math:`\Pi_0 = 1` (the symbols of the book's
-    chapter ``09_nadam_adamax``, which writes :math:`x` for :math:`\theta`). The
+    chapter ``11_nadam_adamax``, which writes :math:`x` for :math:`\theta`). The
     bracketed weight-decay terms are
     alternatives: coupled (L2, added to the gradient) when
     ``decoupled_weight_decay=False``, decoupled (AdamW-style shrinking of the
@@ -75,7 +75,7 @@ class NAdam(OptimizerBase):
       :math:`m_{t+1} = \mu_n m_t + (1-\mu_n) g_t`, for which the
       :math:`\Pi` corrections are exact; with the constant :math:`\beta_1` they
       are not, and the first few dozen steps under a constant gradient are
-      shorter than the steady step (chapter ``09_nadam_adamax`` measures it).
+      shorter than the steady step (chapter ``11_nadam_adamax`` measures it).
     * :math:`\epsilon` is added outside the square root, after the bias
       correction of :math:`v`.
     * Complex parameters are treated as pairs of real ones.
