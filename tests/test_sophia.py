@@ -22,8 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optimizers import SophiaG
-from optimizers.sophia import sophiag, sophiag_update_hessian
+from optimizers.sophia import SophiaG, sophiag, sophiag_update_hessian
 
 N_CLASSES, N_FEATURES, N_SAMPLES = 4, 6, 32
 
