@@ -1,0 +1,318 @@
+r"""SOAP: Adam run in the eigenbasis of Shampoo's statistics.
+
+:class:`SOAP` is the optimizer and :func:`soap` its functional core.
+``torch.optim`` has no SOAP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import (
+    OptimizerBase,
+    _as_float,
+    _check_betas,
+    _check_impl_flags,
+    _check_lr,
+    _check_nonnegative,
+    _check_range,
+    _increment_steps,
+    _new_step,
+    _resolve_impl,
+)
+from .shampoo import _check_frequency, _gather_real_dense, matrix_shape, stats_dtype
+from .muon import _refuse_dtensor
+
+__all__ = ["SOAP", "soap"]
+
+
+class SOAP(OptimizerBase):
+    r"""SOAP: Adam in a rotated frame, the rotation being Shampoo's eigenbasis.
+
+    For a parameter :math:`W_t` of shape :math:`m \times n` with gradient
+    :math:`G_t = \pm\nabla f(W_t)` (minus sign if ``maximize``), betas
+    :math:`(\beta_1, \beta_2)`, :math:`\beta_s` ``shampoo_beta``,
+    :math:`f` ``precondition_frequency``: step 1 only initialises the
+    statistics :math:`L_1 = (1-\beta_s) G_1 G_1^\top`, :math:`R_1 = (1-\beta_s)
+    G_1^\top G_1` and the basis :math:`Q_L, Q_R` (their eigenvectors); nothing
+    moves. Step :math:`t = 2, 3, \dots`, with :math:`k = t - 1` the number of
+    gradients the moments have seen, does
+
+    .. math::
+
+        M_k &= \beta_1 M_{k-1} + (1-\beta_1) G_t, \qquad
+        V_k = \beta_2 V_{k-1} + (1-\beta_2) (Q_L^\top G_t Q_R)^{\odot 2} \\
+        N_t &= Q_L \left[\frac{Q_L^\top M_k Q_R / (1-\beta_1^k)}
+               {\sqrt{V_k / (1-\beta_2^k)} + \epsilon}\right] Q_R^\top \\
+        W_{t+1} &= (1 - \eta\lambda) W_t - \eta N_t \\
+        L_t &= \beta_s L_{t-1} + (1-\beta_s)\, G_t G_t^\top, \quad
+        R_t = \beta_s R_{t-1} + (1-\beta_s)\, G_t^\top G_t \\
+        Q_L, Q_R &\leftarrow \text{eigenvectors of } L_t, R_t
+              \quad \text{when } (t - 1) \bmod f = 0 \text{ (kept otherwise)}
+
+    This is Vyas et al.'s Algorithm 3: the first moment lives in the
+    parameter's coordinates and is rotated at every step, the second moment
+    lives in the rotated coordinates, and the basis used at step :math:`t`
+    never contains the current gradient (a basis built from :math:`G_t` makes
+    :math:`Q_L^\top G_t Q_R` diagonal: Adam's second moment is then near zero
+    in the other coordinates, whose first moment, rotated from older
+    gradients, is not, and the step explodes). With :math:`Q_L = Q_R = I`
+    it is AdamW; with the rotation fixed it is AdamW on the reparametrised
+    weight :math:`Q_L^\top W Q_R`. Shampoo with exponent :math:`-1/2` and
+    :math:`\beta_s = \beta_2` would scale the same rotated coordinates by the
+    Kronecker product of the eigenvalues; Adam instead keeps a running second
+    moment per rotated coordinate (Vyas et al.'s argument for stability).
+
+    Conventions (and where they differ from the authors' code and from
+    heavyball's ``SOAP``):
+
+    * The eigenvectors come from ``torch.linalg.eigh`` of the statistics (the
+      paper's *Eigenvectors*; the authors' code and heavyball refresh them
+      with one power iteration and a QR decomposition, warm-started from the
+      previous basis, and re-sort :math:`V` by the estimated eigenvalues;
+      heavyball also bias-corrects :math:`\beta_s`).
+      Within an eigenvalue of multiplicity > 1 (the zero eigenvalue of
+      :math:`G_1G_1^\top` when :math:`|m - n| \ge 2`) the basis is whatever
+      ``eigh`` returns; the update is invariant to the signs of the columns.
+    * As in the authors' code, step 1 moves nothing (vectors included, so
+      that all parameters keep one step count).
+    * Bias corrections and :math:`\epsilon` as in ``torch.optim.Adam``
+      (:math:`\epsilon` outside the corrected root); weight decay decoupled
+      and applied before the step, as ``torch.optim.AdamW`` (the authors'
+      code applies it after the step).
+    * ``shampoo_beta=None`` means :math:`\beta_s = \beta_2` (the authors' and
+      heavyball's default when it is negative / unset).
+    * A side longer than ``max_precond_dim`` is not rotated (its :math:`Q` is
+      the identity and no statistic is kept for it), as in the authors' code.
+      Parameters with fewer than 2 dimensions get AdamW (the authors'
+      ``precondition_1d=False``); with more than 2 they are treated as the
+      matrix ``p.reshape(p.shape[0], -1)`` (the authors' code can also
+      rotate every dimension of a tensor; not done here).
+    * The statistics and bases are kept in float32 for 16-bit parameters.
+    * DTensor parameters (FSDP2) are refused at construction with a
+      ``TypeError`` (the statistics need whole rows and columns of
+      :math:`G`); complex parameters and sparse gradients at the first step.
+
+    State per parameter: ``step``, ``exp_avg`` (:math:`M`), ``exp_avg_sq``
+    (:math:`V`, shape ``(m, n)``), and for each rotated side ``L``/``Q_L``,
+    ``R``/``Q_R``.
+
+    Args:
+        params: iterable of parameters or of dicts defining parameter groups.
+        lr: learning rate :math:`\eta \ge 0`, float or 1-element tensor (default: 3e-3).
+        betas: :math:`(\beta_1, \beta_2)`, each in ``[0, 1)`` (default: (0.95, 0.95)).
+        shampoo_beta: :math:`\beta_s \in [0, 1)`, or None for :math:`\beta_2` (default: None).
+        eps: :math:`\epsilon \ge 0` (default: 1e-8).
+        weight_decay: decoupled weight decay :math:`\lambda \ge 0` (default: 0.01).
+        precondition_frequency: :math:`f \ge 1` (default: 10).
+        max_precond_dim: longest side that is rotated (default: 10000).
+        maximize: maximize the objective instead of minimizing (default: False).
+        foreach: ``None`` (single-tensor loop on CPU, torch's rule) or a bool:
+            the multi-tensor path applies weight decay and the update with
+            ``torch._foreach_*`` calls; the rotations are per tensor either way.
+
+    References:
+        Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson & Kakade
+        (2024), *SOAP: Improving and Stabilizing Shampoo using Adam*,
+        arXiv:2409.11321.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        _check_lr(lr)
+        betas = _check_betas(betas)
+        if shampoo_beta is not None:
+            _check_range("shampoo_beta", shampoo_beta, 0.0, 1.0, hi_closed=False)
+        _check_nonnegative("eps", eps)
+        _check_nonnegative("weight_decay", weight_decay)
+        _check_frequency(precondition_frequency)
+        _check_frequency(max_precond_dim, "max_precond_dim")
+        _check_impl_flags("SOAP", foreach=foreach)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            max_precond_dim=max_precond_dim,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing DTensors (``TypeError``)."""
+        super().add_param_group(param_group)
+        try:
+            _refuse_dtensor(type(self).__name__, len(self.param_groups) - 1, self.param_groups[-1]["params"],
+                            "the left and right statistics need whole rows and columns of the gradient")
+        except TypeError:
+            self.param_groups.pop()
+            raise
+
+    def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        return init_state(p, group["max_precond_dim"])
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params, grads = _gather_real_dense(self, group, "SOAP")
+        states = [self._lazy_state(p, group) for p in params]
+        soap(
+            params,
+            grads,
+            states,
+            lr=group["lr"],
+            betas=group["betas"],
+            shampoo_beta=group["shampoo_beta"],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            precondition_frequency=group["precondition_frequency"],
+            maximize=group["maximize"],
+            foreach=group["foreach"],
+        )
+
+
+def init_state(p: Tensor, max_precond_dim: int) -> dict[str, Any]:
+    shape, dt = matrix_shape(p), stats_dtype(p)
+    state: dict[str, Any] = {
+        "step": _new_step(),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
+    if shape is None:
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+    m, n = shape
+    kw = dict(dtype=dt, device=p.device)
+    state["exp_avg_sq"] = torch.zeros(m, n, **kw)
+    if m <= max_precond_dim:
+        state["L"], state["Q_L"] = torch.zeros(m, m, **kw), torch.eye(m, **kw)
+    if n <= max_precond_dim:
+        state["R"], state["Q_R"] = torch.zeros(n, n, **kw), torch.eye(n, **kw)
+    return state
+
+
+# --------------------------------------------------------------------------- #
+# Functional core                                                              #
+# --------------------------------------------------------------------------- #
+
+
+def _rotate(X: Tensor, state: dict[str, Any], back: bool = False) -> Tensor:
+    """``Q_L^T X Q_R`` (or ``Q_L X Q_R^T`` with ``back``), skipping a side without a basis."""
+    QL, QR = state.get("Q_L"), state.get("Q_R")
+    if QL is not None:
+        X = (QL if back else QL.T) @ X
+    if QR is not None:
+        X = X @ (QR.T if back else QR)
+    return X
+
+
+def soap_direction(G: Tensor, state: dict[str, Any], *, beta1: float, beta2: float, shampoo_beta: float,
+                   eps: float, precondition_frequency: int) -> Tensor | None:
+    """Update ``state`` with the gradient ``G`` and return :math:`N_t` (shaped and typed as ``G``),
+    or None at step 1 (which only initialises the basis). ``state["step"]`` must already count
+    this step."""
+    t = int(state["step"].item())
+    shape = matrix_shape(G)
+    if t == 1:  # the first gradient only initialises the statistics and the basis
+        if shape is not None:
+            _update_statistics(G, state, shape, shampoo_beta, refresh=True)
+        return None
+    k = t - 1  # gradients the moments have seen
+    bc1, bc2_sqrt = 1 - beta1**k, (1 - beta2**k) ** 0.5
+    M, V = state["exp_avg"], state["exp_avg_sq"]
+    M.lerp_(G, 1 - beta1)  # M_k, in the parameter's coordinates
+    if shape is None:  # AdamW for vectors and scalars
+        V.mul_(beta2).addcmul_(G, G, value=1 - beta2)
+        return (M / bc1) / (V.sqrt() / bc2_sqrt + eps)
+    dt = V.dtype
+    g_rot = _rotate(G.to(dt).reshape(shape), state)  # Q_L^T G Q_R with the basis of L_{t-1}, R_{t-1}
+    V.mul_(beta2).addcmul_(g_rot, g_rot, value=1 - beta2)
+    m_rot = _rotate(M.to(dt).reshape(shape), state)  # Q_L^T M Q_R
+    N = _rotate((m_rot / bc1) / (V.sqrt() / bc2_sqrt + eps), state, back=True)  # Adam in the rotated frame
+    _update_statistics(G, state, shape, shampoo_beta, refresh=(t - 1) % precondition_frequency == 0)
+    return N.reshape(G.shape).to(G.dtype)
+
+
+def _update_statistics(G: Tensor, state: dict[str, Any], shape: tuple[int, int], shampoo_beta: float,
+                       refresh: bool) -> None:
+    """L <- beta_s L + (1 - beta_s) G G^T, R likewise; new eigenvectors if ``refresh``."""
+    g = G.to(state["exp_avg_sq"].dtype).reshape(shape)
+    for S, Q, GG in (("L", "Q_L", g @ g.T), ("R", "Q_R", g.T @ g)):
+        if S in state:
+            state[S].lerp_(GG, 1 - shampoo_beta)
+            if refresh:
+                state[Q].copy_(torch.linalg.eigh(state[S])[1])
+
+
+def soap(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict[str, Any]],
+    *,
+    lr: float | Tensor,
+    betas: tuple[float, float],
+    shampoo_beta: float | None,
+    eps: float,
+    weight_decay: float,
+    precondition_frequency: int,
+    maximize: bool = False,
+    foreach: bool | None = None,
+) -> None:
+    """Functional SOAP: update ``params`` and their ``states`` (from :func:`init_state`) in place."""
+    beta1, beta2 = (_as_float(b) for b in betas)
+    kw = dict(lr=_as_float(lr), beta1=beta1, beta2=beta2,
+              shampoo_beta=beta2 if shampoo_beta is None else shampoo_beta, eps=eps,
+              weight_decay=weight_decay, precondition_frequency=precondition_frequency, maximize=maximize)
+    impl = _resolve_impl(params, foreach)
+    (_multi_tensor_soap if impl == "foreach" else _single_tensor_soap)(params, grads, states, **kw)
+
+
+def _single_tensor_soap(params, grads, states, *, lr, beta1, beta2, shampoo_beta, eps, weight_decay,
+                        precondition_frequency, maximize) -> None:
+    for W, G, state in zip(params, grads, states):
+        if maximize:
+            G = -G
+        state["step"] += 1
+        N = soap_direction(G, state, beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta, eps=eps,
+                           precondition_frequency=precondition_frequency)
+        if N is None:  # step 1: nothing moves
+            continue
+        if weight_decay != 0:
+            W.mul_(1 - lr * weight_decay)
+        W.add_(N, alpha=-lr)
+
+
+def _multi_tensor_soap(params, grads, states, *, lr, beta1, beta2, shampoo_beta, eps, weight_decay,
+                       precondition_frequency, maximize) -> None:
+    if not params:
+        return
+    if maximize:
+        grads = torch._foreach_neg(grads)
+    _increment_steps([s["step"] for s in states])
+    directions = [
+        soap_direction(G, s, beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta, eps=eps,
+                       precondition_frequency=precondition_frequency)
+        for G, s in zip(grads, states)
+    ]
+    moving = [(W, N) for W, N in zip(params, directions) if N is not None]
+    if not moving:
+        return
+    params, directions = [list(x) for x in zip(*moving)]
+    if weight_decay != 0:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_add_(params, directions, alpha=-lr)

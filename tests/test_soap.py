@@ -1,0 +1,161 @@
+"""optimizers.SOAP against Vyas et al.'s Algorithm 3, written independently in NumPy.
+
+heavyball's SOAP (the published implementation on PyPI) needs opt-einsum,
+which this environment does not carry (and which would change torch.einsum's
+contraction order for every chapter), and compiles its steps with
+torch.compile; the reference here is therefore the paper's algorithm in
+NumPy, with the conventions that differ from heavyball's and the authors'
+code written down in the class docstring. The shared behaviour (paths, state
+dicts, groups, closures, maximize, long runs) comes from the catalogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import optimizers
+from test_muon import run_dtensor_script
+
+
+def numpy_soap(grads, *, lr, betas, shampoo_beta=None, eps=1e-8, weight_decay=0.0, frequency=1,
+               rotate_left=True, rotate_right=True, w0=None):
+    """Algorithm 3 of Vyas et al. (2024) for one m x n matrix; returns W after every step."""
+    b1, b2 = betas
+    bs = b2 if shampoo_beta is None else shampoo_beta
+    m, n = grads[0].shape
+    W = np.zeros((m, n)) if w0 is None else w0.copy()
+    M, V = np.zeros((m, n)), np.zeros((m, n))
+    L, R = np.zeros((m, m)), np.zeros((n, n))
+    QL, QR = np.eye(m), np.eye(n)
+    out = []
+    for t, G in enumerate(grads, start=1):
+        if t > 1:  # step 1 only initialises the basis
+            k = t - 1
+            M = b1 * M + (1 - b1) * G
+            Gr = QL.T @ G @ QR  # basis from L_{t-1}, R_{t-1}: never the current gradient
+            V = b2 * V + (1 - b2) * Gr**2
+            Mr = QL.T @ M @ QR
+            N = QL @ ((Mr / (1 - b1**k)) / (np.sqrt(V / (1 - b2**k)) + eps)) @ QR.T
+            W = (1 - lr * weight_decay) * W - lr * N
+        L = bs * L + (1 - bs) * G @ G.T
+        R = bs * R + (1 - bs) * G.T @ G
+        if (t - 1) % frequency == 0:
+            if rotate_left:
+                QL = np.linalg.eigh(L)[1]
+            if rotate_right:
+                QR = np.linalg.eigh(R)[1]
+        out.append(W.copy())
+    return out
+
+
+def _grads(shape, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape) for _ in range(steps)]
+
+
+def _run(grads, **kwargs):
+    w = torch.zeros(grads[0].shape, dtype=torch.float64, requires_grad=True)
+    opt = optimizers.SOAP([w], **kwargs)
+    out = []
+    for g in grads:
+        w.grad = torch.from_numpy(g)
+        opt.step()
+        out.append(w.detach().numpy().copy())
+    return out, opt
+
+
+CASES = [
+    ({"betas": (0.9, 0.95), "precondition_frequency": 1}, (3, 4)),
+    ({"betas": (0.95, 0.95), "precondition_frequency": 3, "weight_decay": 0.1}, (4, 3)),
+    ({"betas": (0.9, 0.99), "shampoo_beta": 0.8, "precondition_frequency": 2, "eps": 1e-6}, (5, 4)),
+]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("kwargs,shape", CASES, ids=["f1", "f3-wd", "beta_s"])
+def test_matches_the_papers_algorithm_in_numpy(kwargs, shape, foreach):
+    grads = _grads(shape, 12)
+    ours, _ = _run(grads, lr=0.01, foreach=foreach, **{"weight_decay": 0.0, **kwargs})
+    ref = numpy_soap(grads, lr=0.01, betas=kwargs["betas"], shampoo_beta=kwargs.get("shampoo_beta"),
+                     eps=kwargs.get("eps", 1e-8), weight_decay=kwargs.get("weight_decay", 0.0),
+                     frequency=kwargs["precondition_frequency"])
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_one_side_unrotated_above_max_precond_dim():
+    grads = _grads((3, 6), 8, seed=1)
+    ours, opt = _run(grads, lr=0.01, max_precond_dim=4, precondition_frequency=1, weight_decay=0.0)
+    st = next(iter(opt.state.values()))
+    assert "Q_L" in st and "Q_R" not in st and "R" not in st
+    ref = numpy_soap(grads, lr=0.01, betas=(0.95, 0.95), rotate_right=False)
+    np.testing.assert_allclose(ours[-1], ref[-1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (5,)], ids=["unrotated-matrix", "vector"])
+def test_without_rotation_it_is_torch_adamw(shape):
+    """max_precond_dim=1 leaves both sides unrotated; vectors are never rotated: AdamW."""
+    grads = _grads(shape, 15, seed=2)
+    w = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    r = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    cfg = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    ours = optimizers.SOAP([w], max_precond_dim=1, **cfg)
+    ref = torch.optim.AdamW([r], **cfg)
+    w.grad = torch.from_numpy(grads[0])
+    ours.step()  # step 1 moves nothing
+    assert not w.detach().any()
+    for g in grads[1:]:
+        w.grad, r.grad = torch.from_numpy(g), torch.from_numpy(g)
+        ours.step()
+        ref.step()
+    np.testing.assert_allclose(w.detach().numpy(), r.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_is_adam_on_the_rotated_weight_when_the_basis_is_frozen():
+    """Freeze the basis built at step 1 (a huge f): SOAP on W is Adam on Q_L^T W Q_R."""
+    grads = _grads((3, 4), 10, seed=3)
+    ours, opt = _run(grads, lr=0.01, precondition_frequency=10**6, weight_decay=0.0, betas=(0.9, 0.99))
+    st = next(iter(opt.state.values()))
+    QL, QR = st["Q_L"].numpy(), st["Q_R"].numpy()
+    r = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    adam = torch.optim.Adam([r], lr=0.01, betas=(0.9, 0.99))
+    for g in grads[1:]:  # (step 1 only built the basis)
+        r.grad = torch.from_numpy(QL.T @ g @ QR)  # the gradient with respect to Q_L^T W Q_R
+        adam.step()
+    np.testing.assert_allclose(QL.T @ ours[-1] @ QR, r.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_low_precision_tracks_float64(dtype):
+    grads = _grads((4, 5), 20, seed=4)
+    ref, _ = _run(grads, lr=0.01, precondition_frequency=2)
+    w = torch.zeros(4, 5, dtype=dtype, requires_grad=True)
+    opt = optimizers.SOAP([w], lr=0.01, precondition_frequency=2)
+    for g in grads:
+        w.grad = torch.from_numpy(g).to(dtype)
+        opt.step()
+    st = opt.state[w]
+    assert w.dtype == dtype and st["exp_avg"].dtype == dtype and st["L"].dtype == torch.float32
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    np.testing.assert_allclose(w.detach().double().numpy(), ref[-1], atol=tol * np.abs(ref[-1]).max())
+
+
+def test_complex_and_sparse_are_refused_at_the_first_step():
+    z = torch.zeros(2, 3, dtype=torch.complex128, requires_grad=True)
+    z.grad = torch.ones_like(z)
+    with pytest.raises(RuntimeError, match="SOAP does not support complex parameters"):
+        optimizers.SOAP([z]).step()
+    w = torch.zeros(2, 3, requires_grad=True)
+    w.grad = torch.ones(2, 3).to_sparse()
+    with pytest.raises(RuntimeError, match="SOAP does not support sparse gradients"):
+        optimizers.SOAP([w]).step()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_dtensor_parameters_are_refused_at_construction():
+    out = run_dtensor_script("SOAP")
+    assert ("REFUSED: SOAP does not support DTensor parameters, but param_groups[1]['params'][0] "
+            "is a DTensor with placements (Shard(dim=0),)") in out
+    assert "ADD REFUSED, groups: 1" in out
