@@ -83,9 +83,11 @@ class Yogi(OptimizerBase):
       :math:`m` and :math:`v`), as in torch-optimizer; TensorFlow Addons
       instead applies l1/l2 proximal steps after the update.
 
-    The defaults (``lr=1e-2``, ``betas=(0.9, 0.999)``, ``eps=1e-3``,
-    ``initial_accumulator=1e-6``) are the paper's and both implementations'.
-    Both are ten times (``lr``) and :math:`10^5` times (``eps``) Adam's. With
+    The defaults are both implementations': ``lr=1e-2``, ``betas=(0.9, 0.999)``
+    and ``eps=1e-3`` (the settings of the paper's experiments) and
+    ``initial_accumulator=1e-6`` (TensorFlow Addons' default since its authors
+    changed it in 2020). ``lr`` is ten times Adam's default and
+    ``eps`` :math:`10^5` times. With
     :math:`\epsilon` = 1e-3, coordinates whose gradients are much smaller than
     :math:`\epsilon` take momentum-SGD steps with rate about
     :math:`\eta/\epsilon`; only larger gradients get Adam's per-coordinate
