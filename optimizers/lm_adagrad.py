@@ -98,6 +98,107 @@ def _check_no_dtensor(name: str, group_index: int, params: list[Tensor]) -> None
             )
 
 
+def _shard_groups(p: Tensor) -> tuple[Any, ...]:
+    """The process groups over which the shards of ``p`` must be summed.
+
+    For a DTensor, one group per mesh dimension on which ``p`` is sharded
+    (``Shard(d)``; ``Replicate`` dimensions hold identical copies and need no
+    sum); for a plain tensor, none.
+    """
+    if not _is_dtensor(p):
+        return ()
+    from torch.distributed.tensor import Replicate, Shard
+
+    groups = []
+    for dim, placement in enumerate(p.placements):
+        if type(placement) is Shard:
+            groups.append(p.device_mesh.get_group(dim))
+        elif not isinstance(placement, Replicate):
+            raise TypeError(
+                f"LMAdagrad supports DTensor parameters sharded with Shard(d) or replicated, "
+                f"not the placement {placement!r}"
+            )
+    return tuple(groups)
+
+
+def _history_like(p: Tensor, k: int) -> Tensor:
+    """A zero ring buffer of ``k`` slots for ``p``: for a DTensor, a DTensor of
+    global shape ``(k, *p.shape)`` whose shards are the slots of ``p``'s own
+    shard (``Shard(d)`` becomes ``Shard(d + 1)``)."""
+    if not _is_dtensor(p):
+        return torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device)
+    from torch.distributed.tensor import DTensor, Shard
+
+    local = p.to_local()
+    placements = [Shard(pl.dim + 1) if type(pl) is Shard else pl for pl in p.placements]
+    shape = torch.Size((k, *p.shape))
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(
+        torch.zeros((k, *local.shape), dtype=local.dtype, device=local.device),
+        p.device_mesh, placements, run_check=False, shape=shape, stride=stride,
+    )
+
+
+def _all_reduce_sums(tensors: list[Tensor | None], shard_groups: Sequence[tuple[Any, ...]]) -> None:
+    """Sum, in place, each ``tensors[i]`` over the ranks of ``shard_groups[i]``:
+    one all-reduce per distinct set of groups, on the concatenation of its tensors."""
+    import torch.distributed as dist
+
+    by_groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, (t, groups) in enumerate(zip(tensors, shard_groups)):
+        if t is not None and groups:
+            by_groups.setdefault(groups, []).append(i)
+    for groups, idx in by_groups.items():
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        for group in groups:
+            dist.all_reduce(flat, group=group)
+        pos = 0
+        for i in idx:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[pos:pos + n].view_as(tensors[i]))
+            pos += n
+
+
+def _check_finite_sharded_grads(opt: OptimizerBase) -> None:
+    """:func:`_check_finite_grads` for sharded parameters: every rank raises,
+    before anything is updated, if any rank's shard of any gradient has a
+    non-finite entry (one all-reduce of one number per process group)."""
+    import torch.distributed as dist
+
+    entries = [
+        (gi, j, p)
+        for gi, group in enumerate(opt.param_groups)
+        for j, p in enumerate(group["params"])
+        if p.grad is not None and not p.grad.is_sparse
+    ]
+    if not entries:
+        return
+    groups: list[Any] = []
+    for _, _, p in entries:
+        for g in _shard_groups(p):
+            if g not in groups:
+                groups.append(g)
+    i = _first_nonfinite([p.grad for _, _, p in entries])
+    first = torch.tensor([len(entries) if i is None else i], dtype=torch.float64,
+                         device=_local(entries[0][2].grad).device)
+    for g in groups:
+        dist.all_reduce(first, op=dist.ReduceOp.MIN, group=g)
+    i_all = int(first.item())
+    if i_all == len(entries):
+        return
+    gi, j, p = entries[i_all]
+    state = opt.state.get(p)
+    t = int(state["step"]) if state and "step" in state else 0
+    label = f"param_groups[{gi}]['params'][{j}]"
+    if not bool(torch.isfinite(_local(p.grad)).all()):
+        raise _nonfinite_error(type(opt).__name__, label + " (this rank's shard)", p, p.grad, t)
+    raise FloatingPointError(
+        f"{type(opt).__name__}: the gradient of {label} (shape {tuple(p.shape)}, {p.dtype}) has "
+        f"non-finite entries in another rank's shard, at step t = {t} of this parameter. Nothing "
+        "was updated on any rank: the step can be skipped and training continued"
+    )
+
+
 @functools.lru_cache(maxsize=None)
 def _device_memory(device: torch.device) -> int | None:
     """Bytes of memory of ``device`` (the machine's RAM for the CPU), or None if unknown."""
@@ -336,6 +437,22 @@ class LMAdagrad(OptimizerBase):
       steps with infinite gradients) and the run continues as if the bad
       gradient had never come.
 
+    * **Sharded parameters** (DTensors, as FSDP2's ``fully_shard`` makes
+      them, sharded with ``Shard(d)`` or replicated): each rank keeps the
+      window of its own shard (``history`` is a DTensor sharded like the
+      parameter, one dimension further), computes its shard's part of the
+      new Gram row :math:`M_r^\top g_r` (and of :math:`M_r^\top \hat m_r`
+      with gradient momentum), and one all-reduce per step sums them over the
+      ranks for all tensors at once: :math:`k` float64 numbers per tensor
+      (:math:`2k` with gradient momentum), the Gram matrix being kept up to
+      date one row per step. Every rank then solves the same :math:`k\times
+      k` problem and applies the coefficients to its rows,
+      :math:`u_r = M_r a`: the step equals the single-process step on the
+      whole tensor, in per-tensor and concatenated mode alike. Update norms
+      (``update_norm``) are summed over the ranks the same way, and the
+      non-finite check adds one all-reduce of one number, so that every rank
+      raises if any shard has a NaN or infinite entry.
+
     Memory: the history, :math:`k` floats per parameter element (in the
     parameter's dtype), plus one more with momentum, and a :math:`k\times k`
     float64 Gram matrix per tensor. A state that, with one step's work
@@ -476,7 +593,7 @@ class LMAdagrad(OptimizerBase):
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state: dict[str, Any] = {
             "step": _new_step(),
-            "history": torch.zeros((group["history_size"], *p.shape), dtype=p.dtype, device=p.device),
+            "history": _history_like(p, group["history_size"]),
             # Gram matrix of the ring buffer's slots, kept up to date one row per step
             "gram": torch.zeros((group["history_size"],) * 2, dtype=torch.float64, device=p.device),
         }
@@ -506,7 +623,10 @@ class LMAdagrad(OptimizerBase):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         if group is self.param_groups[0]:  # every group's gradients, before any update
-            _check_finite_grads(self)
+            if any(_is_dtensor(p) for g in self.param_groups for p in g["params"]):
+                _check_finite_sharded_grads(self)
+            else:
+                _check_finite_grads(self)
         params, grads, _, _ = self._gather(group)
         if not params:
             return
@@ -519,12 +639,17 @@ class LMAdagrad(OptimizerBase):
                 s["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["update_norm"] is not None and "update_norm_avg" not in s:
                 s["update_norm_avg"] = torch.zeros((), dtype=_real(p).dtype, device=p.device)
+        names = _GroupParamNames(self, group, params)
+        shard_groups = None
+        if any(_is_dtensor(p) for p in params):  # FSDP2: each rank whitens its shards
+            shard_groups = [_shard_groups(p) for p in params]
+            params, grads = [_local(p) for p in params], [_local(g) for g in grads]
         lm_adagrad(
             params,
             grads,
-            [s["history"] for s in states],
+            [_local(s["history"]) for s in states],
             [s["step"] for s in states],
-            [s.get("momentum_buffer") for s in states],
+            [None if s.get("momentum_buffer") is None else _local(s["momentum_buffer"]) for s in states],
             [s.get("update_norm_avg") for s in states],
             grams=[s["gram"] for s in states],
             lr=group["lr"],
@@ -540,7 +665,8 @@ class LMAdagrad(OptimizerBase):
             maximize=group["maximize"],
             foreach=group["foreach"],
             check_finite=False,  # checked above for all groups at once
-            param_names=_GroupParamNames(self, group, params),
+            param_names=names,
+            shard_groups=shard_groups,
         )
 
 
@@ -708,6 +834,7 @@ def lm_adagrad(
     accumulate: bool = False,
     check_finite: bool = True,
     param_names: Sequence[str] | None = None,
+    shard_groups: Sequence[tuple[Any, ...]] | None = None,
 ) -> None:
     r"""Functional LM-Adagrad: update ``params`` and the state lists in place.
 
@@ -725,7 +852,16 @@ def lm_adagrad(
     the classes check all their param groups at once and pass False).
     ``param_names`` name the parameters in error messages (default:
     ``params[i]``).
+
+    ``shard_groups[i]``, if given and not empty, says that ``params[i]`` (and
+    its gradient and state) is one rank's shard of a larger tensor, and names
+    the process groups over which the shards are summed: the Gram rows,
+    :math:`M^\top v` and update norms of the shards are then all-reduced over
+    them (see :class:`LMAdagrad`; the class derives them from DTensor
+    placements). With ``check_finite``, only the local shards are checked.
     """
+    if exact and shard_groups is not None and any(shard_groups):
+        raise ValueError("exact=True (FullMatrixAdagrad) does not support sharded parameters")
     names: Sequence[str] = param_names if param_names is not None else _IndexNames(len(params))
     if check_finite:
         i = _first_nonfinite(grads)
@@ -759,6 +895,7 @@ def lm_adagrad(
         exact=exact,
         accumulate=accumulate,
         names=names,
+        shard_groups=shard_groups,
     )
 
 
@@ -871,7 +1008,8 @@ def _flat(t: Tensor) -> Tensor:
 
 def _flat_history(h: Tensor, n: int) -> Tensor:
     """The first ``n`` slots of a ring buffer, real, as an (n, d) matrix."""
-    return _real(h[:n]).reshape(n, -1)
+    r = _real(h[:n])
+    return r.reshape(n, r[0].numel() if n else 0)  # (a rank's shard may be empty: d = 0)
 
 
 def _insert(histories: list[Tensor], grads: list[Tensor], counts: list[int], accumulate: bool,
@@ -936,26 +1074,50 @@ def _matvec64(M: Tensor, x: Tensor) -> Tensor:
     return out
 
 
-def _gram_and_rhs(histories: list[Tensor], grams: list[Tensor], gs: list[Tensor], vs: list[Tensor],
-                  slot: int, n: int) -> tuple[Tensor, Tensor]:
-    r"""Refresh row and column ``slot`` of each Gram matrix; return the block's
+def _gram_systems(blocks: list[list[int]], ts: list[int], histories: list[Tensor],
+                  grams: list[Tensor], gs: list[Tensor], vs: list[Tensor], counts: list[int],
+                  shard_groups: Sequence[tuple[Any, ...]] | None) -> list[tuple[Tensor, Tensor]]:
+    r"""Refresh row and column ``slot`` of each Gram matrix; return, per block,
     ``G = sum_i M_i^T M_i`` and ``c = sum_i M_i^T v_i`` (float64).
 
     The new gradient only changes the entries that involve its slot:
     :math:`G_{j,\text{slot}} = G_{\text{slot},j} = g_j^\top g_t`, one product
     :math:`M^\top g_t` (:math:`O(dk)`), which is also :math:`c` when the
     whitened vector is :math:`g_t` itself.
+
+    Sharded parameters (``shard_groups[i]`` not empty): each rank computes the
+    products of its own shard, and one all-reduce per set of process groups
+    sums the new rows and the :math:`M^\top v` of all parameters (:math:`n`
+    numbers per tensor, :math:`2n` with gradient momentum), so that every rank
+    holds the Gram matrix and right-hand side of the whole tensor.
     """
-    G = c = None
-    for h, gram, g, v in zip(histories, grams, gs, vs):
-        M = _flat_history(h, n)
-        row = _matvec64(M, _flat(g))  # g_j^T g_t for the n active slots
-        gram[slot, :n] = row
-        gram[:n, slot] = row
-        ci = row if v is g else _matvec64(M, _flat(v))
-        G = gram[:n, :n].clone() if G is None else G + gram[:n, :n]
-        c = ci if c is None else c + ci
-    return G, c
+    rows: list[Tensor | None] = [None] * len(histories)
+    cis: list[Tensor | None] = [None] * len(histories)
+    for b, t in zip(blocks, ts):
+        n = min(t, histories[b[0]].shape[0])
+        for i in b:
+            M = _flat_history(histories[i], n)
+            rows[i] = _matvec64(M, _flat(gs[i]))  # g_j^T g_t for the n active slots
+            if vs[i] is not gs[i]:
+                cis[i] = _matvec64(M, _flat(vs[i]))
+    if shard_groups is not None and any(shard_groups):
+        _all_reduce_sums(rows, shard_groups)
+        if any(c is not None for c in cis):
+            _all_reduce_sums(cis, shard_groups)
+    out = []
+    for b, t in zip(blocks, ts):
+        k = histories[b[0]].shape[0]
+        n, slot = min(t, k), counts[b[0]] % k
+        G = c = None
+        for i in b:
+            row, gram = rows[i], grams[i]
+            gram[slot, :n] = row
+            gram[:n, slot] = row
+            ci = row if cis[i] is None else cis[i]
+            G = gram[:n, :n].clone() if G is None else G + gram[:n, :n]
+            c = ci if c is None else c + ci
+        out.append((G, c))
+    return out
 
 
 def _combine(histories: list[Tensor], a: Tensor, n: int, like: list[Tensor]) -> list[Tensor]:
@@ -989,6 +1151,20 @@ def _block_norm(us: list[Tensor], dtype: torch.dtype) -> Tensor:
     """Euclidean norm of the concatenation of ``us`` (a 0-dim tensor, no sync)."""
     norms = [torch.linalg.vector_norm(u).to(dtype) for u in us]
     return norms[0] if len(norms) == 1 else torch.sqrt(sum(x * x for x in norms))
+
+
+def _block_norms(blocks: list[list[int]], us: list[Tensor], dtypes: list[torch.dtype],
+                 shard_groups: Sequence[tuple[Any, ...]] | None) -> list[Tensor]:
+    """:func:`_block_norm` of every block; a block with sharded parameters sums
+    the squared norms of the local shards over the ranks (one all-reduce)."""
+    if shard_groups is None or not any(shard_groups):
+        return [_block_norm([us[i] for i in b], dt) for b, dt in zip(blocks, dtypes)]
+    sq: list[Tensor | None] = [None] * len(us)
+    for b in blocks:
+        for i in b:
+            sq[i] = torch.linalg.vector_norm(us[i]).to(torch.float64).square().reshape(1)
+    _all_reduce_sums(sq, shard_groups)
+    return [torch.sqrt(sum(sq[i] for i in b)).reshape(()).to(dt) for b, dt in zip(blocks, dtypes)]
 
 
 def _norm_scale(u_norm: Tensor, avg: Tensor, first: bool, mode: str, beta: float) -> Tensor:
@@ -1027,6 +1203,7 @@ def _single_tensor_lm_adagrad(
     exact: bool,
     accumulate: bool,
     names: Sequence[str],
+    shard_groups: Sequence[tuple[Any, ...]] | None = None,
 ) -> None:
     if concatenate and len({p.device for p in params}) > 1:
         raise RuntimeError("LMAdagrad(concatenate=True) needs all parameters of a group on one device")
@@ -1042,28 +1219,31 @@ def _single_tensor_lm_adagrad(
     _insert([_real(h) for h in histories], gs, counts, accumulate, names)
     for s in state_steps:
         s += 1
-    for block in _blocks(len(params), concatenate, counts):
-        t = counts[block[0]] + 1
-        hs = [histories[i] for i in block]
-        # the vector to whiten: g_t, or the bias-corrected gradient average
-        vs = []
-        for i in block:
-            v = gs[i]
-            if momentum != 0 and momentum_mode == "gradient":
+    blocks = _blocks(len(params), concatenate, counts)
+    ts = [counts[b[0]] + 1 for b in blocks]
+    # the vector to whiten: g_t, or the bias-corrected gradient average
+    vs = list(gs)
+    if momentum != 0 and momentum_mode == "gradient":
+        for b, t in zip(blocks, ts):
+            for i in b:
                 m = _real(momentum_buffers[i])
-                m.mul_(momentum).add_(v, alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
-                v = m / (1 - momentum**t)
-            vs.append(v)
+                m.mul_(momentum).add_(gs[i], alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
+                vs[i] = m / (1 - momentum**t)
+    if not exact:
+        systems = _gram_systems(blocks, ts, histories, grams, gs, vs, counts, shard_groups)
+    all_us: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    for bi, (block, t) in enumerate(zip(blocks, ts)):
+        hs = [histories[i] for i in block]
         if exact:
             us = []
-            for i, h, v in zip(block, hs, vs):
+            for i, h in zip(block, hs):
                 if accumulate:
                     A = h
                 else:
                     M = _flat_history(h, min(t, h.shape[0])).to(torch.float64)
                     A = M.T @ M  # A_t = M M^T in column convention
                 try:
-                    u = _exact_direction(A, _flat(v), eps)
+                    u = _exact_direction(A, _flat(vs[i]), eps)
                 except torch.linalg.LinAlgError as err:
                     raise torch.linalg.LinAlgError(
                         f"FullMatrixAdagrad: the eigendecomposition of the {A.shape[0]} x {A.shape[0]} "
@@ -1072,18 +1252,24 @@ def _single_tensor_lm_adagrad(
                 us.append(u.reshape(_real(params[i]).shape))
         else:
             n = min(t, hs[0].shape[0])
-            G, c = _gram_and_rhs(hs, [grams[i] for i in block], [gs[i] for i in block], vs,
-                                 counts[block[0]] % hs[0].shape[0], n)
+            G, c = systems[bi]
             (a,) = _solve_small([G], [c], [_rtol(hs, n)], eps, centered)
             us = _combine(hs, a, n, [params[i] for i in block])
-        if update_norm is not None:
+        for i, u in zip(block, us):
+            all_us[i] = u
+    if update_norm is not None:
+        norms = _block_norms(blocks, all_us, [update_norm_avgs[b[0]].dtype for b in blocks],
+                             shard_groups)
+        for block, t, u_norm in zip(blocks, ts, norms):
             avg = update_norm_avgs[block[0]]
-            u_norm = _block_norm(us, avg.dtype)
             scale = _norm_scale(u_norm, avg, t == 1, update_norm, update_norm_beta)
             for i in block[1:]:
                 update_norm_avgs[i].copy_(avg)
-            us = [u * scale.to(u.dtype) for u in us]
-        for i, u in zip(block, us):
+            for i in block:
+                all_us[i] = all_us[i] * scale.to(all_us[i].dtype)
+    for block, t in zip(blocks, ts):
+        for i in block:
+            u = all_us[i]
             theta = _real(params[i])
             if momentum != 0 and momentum_mode == "update":
                 m = _real(momentum_buffers[i])
@@ -1117,6 +1303,7 @@ def _multi_tensor_lm_adagrad(
     exact: bool,
     accumulate: bool,
     names: Sequence[str],
+    shard_groups: Sequence[tuple[Any, ...]] | None = None,
 ) -> None:
     """Same update as the single-tensor path; element-wise work uses
     ``torch._foreach_*`` and the small eigenproblems of all parameters are
@@ -1128,6 +1315,7 @@ def _multi_tensor_lm_adagrad(
             momentum_mode=momentum_mode, update_norm=update_norm, update_norm_beta=update_norm_beta,
             decoupled_weight_decay=decoupled_weight_decay, concatenate=concatenate,
             maximize=maximize, exact=exact, accumulate=accumulate, names=names,
+            shard_groups=shard_groups,
         )
         return
     if concatenate and len({p.device for p in params}) > 1:
@@ -1161,11 +1349,11 @@ def _multi_tensor_lm_adagrad(
     # Gram matrices and right-hand sides; all small problems of a device solved in one go
     per_device: dict[torch.device, list[int]] = {}
     Gs, cs, rtols = [], [], []
+    systems = _gram_systems(blocks, ts, histories, grams, gs, vs, counts, shard_groups)
     for bi, (b, t) in enumerate(zip(blocks, ts)):
         hs = [histories[i] for i in b]
         n = min(t, hs[0].shape[0])
-        G, c = _gram_and_rhs(hs, [grams[i] for i in b], [gs[i] for i in b], [vs[i] for i in b],
-                             counts[b[0]] % hs[0].shape[0], n)
+        G, c = systems[bi]
         Gs.append(G)
         cs.append(c)
         rtols.append(_rtol(hs, n))
@@ -1183,9 +1371,9 @@ def _multi_tensor_lm_adagrad(
             us[i] = u
 
     if update_norm is not None:
-        for b, t in zip(blocks, ts):
+        norms = _block_norms(blocks, us, [update_norm_avgs[b[0]].dtype for b in blocks], shard_groups)
+        for b, t, u_norm in zip(blocks, ts, norms):
             avg = update_norm_avgs[b[0]]
-            u_norm = _block_norm([us[i] for i in b], avg.dtype)
             scale = _norm_scale(u_norm, avg, t == 1, update_norm, update_norm_beta)
             for i in b[1:]:
                 update_norm_avgs[i].copy_(avg)
