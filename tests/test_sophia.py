@@ -54,8 +54,8 @@ def make_problem(dtype=torch.float64, seed=0, hidden=0):
 
 def sample_labels(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Labels drawn from the model's softmax (float64 probabilities, seeded)."""
-    probs = torch.softmax(logits.detach().double(), dim=-1)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+    probs = torch.softmax(logits.detach().double(), dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=gen).squeeze(1).to(logits.device)
 
 
 def train(model, x, y, opt, steps=60, k=5, labels=None, record=None):
@@ -391,3 +391,30 @@ def test_validation_messages_carry_the_official_phrases():
                            ({"rho": -0.1}, "Invalid rho")]:
         with pytest.raises(ValueError, match=phrase):
             SophiaG(x, **kwargs)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["single", "foreach"])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_gradients_are_not_modified(foreach, maximize):
+    model, x, y = make_problem()
+    opt = SophiaG(model.parameters(), lr=0.05, maximize=maximize, foreach=foreach)
+    F.cross_entropy(model(x), y).backward()
+    opt.update_hessian()
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step(bs=N_SAMPLES)
+    opt.update_hessian()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("foreach", [None, False, True], ids=["default", "single", "foreach"])
+def test_cuda_matches_official(foreach):
+    Official = _official()
+    m1, x, y = make_problem(dtype=torch.float32)
+    m2, _, _ = make_problem(dtype=torch.float32)
+    m1, m2, x, y = m1.cuda(), m2.cuda(), x.float().cuda(), y.cuda()
+    labels: list[torch.Tensor] = []
+    p1 = train(m1, x, y, Official(m1.parameters(), lr=0.05), labels=labels)
+    p2 = train(m2, x, y, SophiaG(m2.parameters(), lr=0.05, foreach=foreach), labels=labels)
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
