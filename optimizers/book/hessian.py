@@ -203,11 +203,16 @@ def hutchinson_samples_torch(loss_fn: Callable, theta, n_samples: int, generator
 
 
 def sample_labels(logits, generator):
-    """One label per row drawn from ``softmax(logits)`` (probabilities in float64, seeded)."""
+    """One label per row drawn from ``softmax(logits)`` (probabilities in float64, seeded).
+
+    ``generator`` is a CPU generator: the probabilities are sampled on the CPU and the labels
+    returned on the device of ``logits``.
+    """
     import torch
 
-    probs = torch.softmax(logits.detach().to(torch.float64), dim=-1)
-    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).reshape(probs.shape[:-1])
+    probs = torch.softmax(logits.detach().to(torch.float64), dim=-1).cpu()
+    labels = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
+    return labels.reshape(probs.shape[:-1]).to(logits.device)
 
 
 def gnb_samples_torch(logits_fn: Callable, theta, n_samples: int, generator):
