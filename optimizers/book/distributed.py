@@ -274,17 +274,32 @@ def run_distributed(cases: list[dict[str, Any]], steps: int, world_size: int = 2
     first gradient before that step, and ``"no_all_reduce": True`` makes
     LMAdagrad skip its all-reduce. The processes run on
     this machine, talk over loopback only, use one thread each, and are killed
-    after ``timeout`` seconds (``TimeoutError``). Returns, per rank,
+    after ``timeout`` seconds (``TimeoutError``); a launch whose free port was
+    taken meanwhile is tried once more. Returns, per rank,
     ``{id: {mode: snapshots or "ErrorType: message"}}`` where ``snapshots[t]``
     are the full parameters after ``t`` steps.
     """
+    try:
+        return _run_once(cases, steps, world_size, seed, timeout, collective_timeout)
+    except _PortTaken:
+        return _run_once(cases, steps, world_size, seed, timeout, collective_timeout)
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+def _run_once(cases: list[dict[str, Any]], steps: int, world_size: int, seed: int,
+              timeout: float, collective_timeout: float) -> list[dict[str, Any]]:
+    """One launch of :func:`run_distributed`."""
     root = Path(__file__).resolve().parents[2]
     with tempfile.TemporaryDirectory(prefix="optimizers-dist-") as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.pt"), os.path.join(tmp, "out.pt")
         torch.save({"cases": cases, "steps": steps, "seed": seed, "port": _free_port(),
                     "collective_timeout": collective_timeout}, spec_path)
         env = {**os.environ, "WORLD_SIZE": str(world_size), "OMP_NUM_THREADS": "1",
-               "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1",
+               "GLOO_SOCKET_IFNAME": "lo0" if sys.platform == "darwin" else "lo",
+               "MASTER_ADDR": "127.0.0.1",
                "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
         procs = [
             subprocess.Popen([sys.executable, "-m", "optimizers.book.distributed", spec_path, out_path],
@@ -307,6 +322,8 @@ def run_distributed(cases: list[dict[str, Any]], steps: int, world_size: int = 2
                     p.wait()
         for r, p in enumerate(procs):
             if p.returncode != 0:
+                if "address already in use" in logs[r].lower():
+                    raise _PortTaken(logs[r][-500:])
                 raise RuntimeError(f"rank {r} exited with {p.returncode}:\n{logs[r][-3000:]}")
         return [torch.load(f"{out_path}.rank{r}", weights_only=False) for r in range(world_size)]
 
