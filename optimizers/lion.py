@@ -87,8 +87,8 @@ class Lion(OptimizerBase):
         differentiable: not supported (must be False).
 
     References:
-        Chen, Liang, Huang, Real, Wang, Pham, Dong, Luong, Hsieh, Lu & Le
-        (2023), *Symbolic Discovery of Optimization Algorithms*, NeurIPS.
+        Chen, Liang, Huang, Real, Wang, Liu, Pham, Dong, Luong, Hsieh, Lu &
+        Le (2023), *Symbolic Discovery of Optimization Algorithms*, NeurIPS.
     """
 
     _group_fallbacks = {"capturable": False}
