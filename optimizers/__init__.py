@@ -22,6 +22,12 @@ ASGD         ``optimizers.asgd``         ``asgd``
 Adafactor    ``optimizers.adafactor``    ``adafactor``
 SparseAdam   ``optimizers.sparse_adam``  ``sparse_adam``
 LBFGS        ``optimizers.lbfgs``        ``lbfgs_direction``, ``strong_wolfe``
+SophiaG      ``optimizers.sophia``       ``sophiag``, ``sophiag_update_hessian``
+Muon         ``optimizers.muon``         ``muon``
+Shampoo      ``optimizers.shampoo``      ``shampoo``
+SOAP         ``optimizers.soap``         ``soap``
+Yogi         ``optimizers.yogi``         ``yogi``
+Lion         ``optimizers.lion``         ``lion``
 ===========  ==========================  =========================
 
 This module imports neither matplotlib nor the book helpers
@@ -46,6 +52,12 @@ from .lm_adagrad import FullMatrixAdagrad, LMAdagrad
 from .schedules import warmup_cosine
 from .param_groups import param_groups
 from .a2grad import A2Grad
+from .sophia import SophiaG
+from .muon import Muon
+from .shampoo import Shampoo
+from .soap import SOAP
+from .yogi import Yogi
+from .lion import Lion
 
 __version__ = "0.1.0"
 
@@ -67,6 +79,12 @@ __all__ = [
     "LMAdagrad",
     "FullMatrixAdagrad",
     "A2Grad",
+    "SophiaG",
+    "Muon",
+    "Shampoo",
+    "SOAP",
+    "Yogi",
+    "Lion",
     "OptimizerBase",
     "InvalidParamsError",
     "warmup_cosine",

@@ -476,6 +476,62 @@ for _name, _entry in [
     if hasattr(optimizers, _name):
         CATALOGUE.append(_entry())
 
+if hasattr(optimizers, "Shampoo"):
+    CATALOGUE.append(OptimizerInfo(
+        name="Shampoo",
+        cls=optimizers.Shampoo,
+        ref_cls=None,  # no torch.optim reference; Kronecker-factor checks in tests/test_shampoo.py
+        configs=[
+            {"lr": 0.1},
+            {"lr": torch.tensor(0.1)},
+            {"lr": 0.1, "momentum": 0.9},
+            {"lr": 0.1, "precondition_frequency": 3},
+            {"lr": 0.1, "grafting": "sgd"},
+            {"lr": 0.05, "grafting": "adagrad", "weight_decay": 0.1},
+            {"lr": 0.1, "maximize": True, "momentum": 0.5, "eps": 1e-4, "precondition_frequency": 2},
+        ],
+        state_keys=("step",),
+        supports_complex=False,
+        rosenbrock_kwargs={"lr": 1.0},
+        quadratic_kwargs={"lr": 0.5},
+        error_inputs=_common_errors()
+        + [
+            ({"eps": 0.0}, "eps"),
+            ({"momentum": 1.0}, "momentum"),
+            ({"momentum": -0.1}, "momentum"),
+            ({"precondition_frequency": 0}, "precondition_frequency"),
+            ({"precondition_frequency": 2.5}, "precondition_frequency"),
+            ({"grafting": "adam"}, "grafting"),
+        ],
+    ))
+
+if hasattr(optimizers, "SOAP"):
+    CATALOGUE.append(OptimizerInfo(
+        name="SOAP",
+        cls=optimizers.SOAP,
+        ref_cls=None,  # no torch.optim reference; NumPy reference of the paper in tests/test_soap.py
+        configs=[
+            {"lr": 1e-2},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "precondition_frequency": 1, "weight_decay": 0.0},
+            {"lr": 1e-2, "betas": (0.9, 0.99), "shampoo_beta": 0.9, "precondition_frequency": 3},
+            {"lr": 1e-2, "max_precond_dim": 4, "eps": 1e-6},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.1, "precondition_frequency": 2},
+        ],
+        state_keys=("step", "exp_avg", "exp_avg_sq"),
+        supports_complex=False,
+        rosenbrock_kwargs={"lr": 1e-2, "betas": (0.9, 0.999), "weight_decay": 0.0},
+        quadratic_kwargs={"lr": 1e-2, "betas": (0.9, 0.999), "weight_decay": 0.0},
+        error_inputs=_common_errors()
+        + _beta_errors()
+        + [
+            ({"shampoo_beta": 1.0}, "shampoo_beta"),
+            ({"shampoo_beta": -0.5}, "shampoo_beta"),
+            ({"precondition_frequency": 0}, "precondition_frequency"),
+            ({"max_precond_dim": 0}, "max_precond_dim"),
+        ],
+    ))
+
 if hasattr(optimizers, "A2Grad"):
     CATALOGUE.append(OptimizerInfo(
         name="A2Grad",
@@ -508,6 +564,74 @@ if hasattr(optimizers, "A2Grad"):
             ({"per_coordinate": "yes"}, "per_coordinate"),
             ({"fused": True}, "fused"),
         ],
+    ))
+
+if hasattr(optimizers, "Lion"):
+    CATALOGUE.append(OptimizerInfo(
+        name="Lion",
+        cls=optimizers.Lion,
+        ref_cls=None,  # no torch.optim reference; parity with lion_pytorch in tests/test_lion.py
+        configs=[
+            {"lr": 1e-3},
+            {"lr": torch.tensor(1e-3)},
+            {"lr": 1e-3, "betas": (0.0, 0.99)},
+            {"lr": 1e-3, "betas": (0.95, 0.98), "weight_decay": 0.1},
+            {"lr": 3e-4, "weight_decay": 1.0},
+            {"lr": 1e-3, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "exp_avg"),
+        rosenbrock_kwargs={"lr": 3e-3},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors(has_eps=False) + _beta_errors(),
+    ))
+
+if hasattr(optimizers, "Yogi"):
+    CATALOGUE.append(OptimizerInfo(
+        name="Yogi",
+        cls=optimizers.Yogi,
+        ref_cls=None,  # no torch.optim reference; parity with torch_optimizer in tests/test_yogi.py
+        configs=[
+            {},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "weight_decay": 0.1},
+            {"lr": 1e-2, "betas": (0.8, 0.99), "eps": 1e-6, "initial_accumulator": 0.0},
+            {"lr": 1e-2, "initial_accumulator": 1e-2},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.1},
+        ],
+        state_keys=("step", "exp_avg", "exp_avg_sq"),
+        rosenbrock_kwargs={"lr": 1e-1},
+        quadratic_kwargs={"lr": 1e-2},
+        error_inputs=_common_errors()
+        + _beta_errors()
+        + [
+            ({"initial_accumulator": -1e-6}, "initial_accumulator"),
+            ({"initial_accumulator": NAN}, "initial_accumulator"),
+            ({"fused": True}, "fused"),
+        ],
+    ))
+
+if hasattr(optimizers, "SophiaG"):
+    CATALOGUE.append(OptimizerInfo(
+        name="SophiaG",
+        cls=optimizers.SophiaG,
+        # no torch.optim reference; parity with the official code (sophia-opt), with
+        # update_hessian() every k steps, in tests/test_sophia.py. The shared tests call
+        # step() only: the curvature stays 0 and every step is clipped to lr * sign(m).
+        ref_cls=None,
+        configs=[
+            {"lr": 1e-2},
+            {"lr": torch.tensor(1e-2)},
+            {"lr": 1e-2, "weight_decay": 0.0},
+            {"lr": 1e-2, "betas": (0.9, 0.95), "rho": 0.1},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.0},
+            {"lr": 1e-2, "maximize": True, "weight_decay": 0.2},
+        ],
+        state_keys=("step", "exp_avg", "hessian"),
+        rosenbrock_kwargs={"lr": 5e-3, "weight_decay": 0.0},
+        quadratic_kwargs={"lr": 5e-3, "weight_decay": 0.0},
+        error_inputs=_common_errors(has_eps=False)
+        + _beta_errors()
+        + [({"rho": -0.01}, "rho"), ({"rho": NAN}, "rho"), ({"rho": "big"}, "rho")],
     ))
 
 # Entries whose interface the step-level shared tests do not fit: SparseAdam
@@ -589,3 +713,45 @@ def all_configs() -> list[tuple[OptimizerInfo, dict[str, Any]]]:
 
 def all_config_ids() -> list[str]:
     return [f"{info.name}-{_config_id(cfg)}" for info, cfg in all_configs()]
+
+# Optimizers of 2-D parameters only (Muon, as torch.optim.Muon): the shared
+# tests' MLP has biases, so their own test files run the catalogue's checks
+# (parity with torch on every configuration, paths, dtypes, state dicts,
+# validation, torch's error inputs) on a model without biases.
+MATRIX_ONLY: list[OptimizerInfo] = []
+if hasattr(optimizers, "Muon"):
+    MATRIX_ONLY.append(OptimizerInfo(
+        name="Muon",
+        cls=optimizers.Muon,
+        ref_cls=torch.optim.Muon,
+        # torch's OptimizerInfo configurations (optim_inputs_func_muon), then
+        # the options it leaves at their defaults
+        configs=[
+            {},
+            {"lr": 0.01},
+            {"lr": torch.tensor(0.001)},
+            {"weight_decay": 0.2},
+            {"momentum": 0.8},
+            {"ns_steps": 6},
+            {"ns_coefficients": (3.4, -4.7, 2.0)},
+            {"lr": 0.02, "nesterov": False},
+            {"lr": 0.02, "adjust_lr_fn": "original"},
+            {"lr": 0.02, "adjust_lr_fn": "match_rms_adamw", "weight_decay": 0.0},
+            {"lr": 0.02, "momentum": 0.0, "eps": 1e-3},
+        ],
+        state_keys=("momentum_buffer",),
+        supports_complex=False,
+        error_inputs=_common_errors()
+        + [
+            ({"momentum": -0.5}, "momentum"),
+            ({"momentum": NAN}, "momentum"),
+            ({"nesterov": "yes"}, "nesterov"),
+            ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients"),
+            ({"ns_coefficients": (1.0, NAN, 2.0)}, "ns_coefficients[1]"),
+            ({"ns_steps": 100}, "ns_steps"),
+            ({"ns_steps": 2.5}, "ns_steps"),
+            ({"adjust_lr_fn": "arbitrary"}, "adjust_lr_fn"),
+        ],
+        torch_error_inputs=_TORCH_COMMON_ERRORS
+        + [({"adjust_lr_fn": "arbitrary"}, "Adjust learning rate function arbitrary is not supported")],
+    ))
