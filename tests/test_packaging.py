@@ -23,3 +23,20 @@ def test_wheel_has_its_own_name_and_ships_py_typed(tmp_path):
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "Name: optimizers-that-run" in metadata
     assert "Requires-Dist: torch>=2.3" in metadata
+
+
+def test_every_exported_optimizer_is_in_the_one_catalogue():
+    """A class the package exports is tested by the shared catalogue (CATALOGUE, OWN_TESTS, or
+    MATRIX_ONLY for the matrix-only Muon), so no optimizer ships without the shared tests."""
+    import torch
+
+    import optimizers
+    from optim_catalogue import CATALOGUE, MATRIX_ONLY, OWN_TESTS
+
+    exported = {name for name in optimizers.__all__
+                if isinstance(getattr(optimizers, name), type)
+                and issubclass(getattr(optimizers, name), torch.optim.Optimizer)
+                and name != "OptimizerBase"}
+    catalogued = {info.cls.__name__ for info in CATALOGUE + OWN_TESTS + MATRIX_ONLY}
+    assert exported - catalogued == set()
+    assert catalogued - exported == set() and len(exported) >= 23
