@@ -18,6 +18,7 @@ def test_wheel_has_its_own_name_and_ships_py_typed(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "optimizers/py.typed" in names
     assert "optimizers/__init__.py" in names and "optimizers/book/__init__.py" in names
+    assert "optimizers/book/charlm_corpus.txt" in names  # the char-level LM trains on it
     assert not [n for n in names if n.startswith(("tests/", "book/", "tools/", "benchmarks/"))]
     metadata = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
