@@ -12,7 +12,11 @@ its last layer's single row leaving one rank an empty shard under FSDP2) for
   gradients and optimizer state are DTensors sharded by rows),
 
 for every configuration of every entry of ``tests/optim_catalogue.py``, with
-the default path and with ``foreach=True``. The full parameters after every
+the default path and (every LMAdagrad configuration, the first of the
+others) with ``foreach=True``; the first configuration also once with the
+optimizer replaced after the first step by a new one loaded from a copy of
+its ``state_dict()`` (ZeRO's consolidated on each rank in turn), which must
+not change the trajectory. The full parameters after every
 step must equal those of :func:`optimizers.book.distributed.train_single` (one
 process, whole batch) to within ``TOL`` and be identical on both ranks.
 
@@ -146,6 +150,8 @@ def _cases() -> list[dict[str, Any]]:
                     "info": info.name, "cls": name, "kwargs": kwargs, "setup": _setup(info),
                     "modes": modes,
                 })
+                if ci == 0 and foreach is None:  # and resumed from its state_dict after step 1
+                    cases.append({**cases[-1], "id": cases[-1]["id"] + "-resumed", "resume_after": 1})
     return cases
 
 

@@ -17,6 +17,7 @@ on the launched processes, which are killed when it passes.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import os
 import signal
@@ -122,7 +123,7 @@ def _snapshot(model: torch.nn.Module) -> list[torch.Tensor]:
 
 def _train(model: torch.nn.Module, opt: Any, batches: list[tuple[torch.Tensor, torch.Tensor]],
            closure_mode: bool, reduce_loss: Any, snap_model: torch.nn.Module,
-           halves: bool = False, before_step: Any = None) -> list[list[torch.Tensor]]:
+           halves: bool = False, before_step: Any = None, resume: Any = None) -> list[list[torch.Tensor]]:
     snaps = [_snapshot(snap_model)]
     for t, (x, y) in enumerate(batches):
         def closure() -> torch.Tensor:
@@ -144,6 +145,10 @@ def _train(model: torch.nn.Module, opt: Any, batches: list[tuple[torch.Tensor, t
                 before_step(t)
             opt.step()
         snaps.append(_snapshot(snap_model))
+        if resume is not None and t == resume[0]:  # a new optimizer from a copy of the state dict
+            saved = copy.deepcopy(resume[2](opt))
+            opt = resume[1]()
+            opt.load_state_dict(saved)
     return snaps
 
 
@@ -187,12 +192,8 @@ def _worker_run(case: dict[str, Any], mode: str, steps: int, seed: int, rank: in
 
     if mode == "ddp":
         net = torch.nn.parallel.DistributedDataParallel(model)
-        opt = cls(net.parameters(), **case["kwargs"])
     elif mode == "zero":
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
         net = torch.nn.parallel.DistributedDataParallel(model)
-        opt = ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **case["kwargs"])
     elif mode == "fsdp2":
         from torch.distributed.fsdp import fully_shard
 
@@ -200,15 +201,36 @@ def _worker_run(case: dict[str, Any], mode: str, steps: int, seed: int, rank: in
             if isinstance(layer, torch.nn.Linear):
                 fully_shard(layer, mesh=mesh)
         net = fully_shard(model, mesh=mesh)
-        opt = cls(net.parameters(), **case["kwargs"])
     else:
         raise ValueError(f"unknown mode {mode!r}")
+
+    def make_opt() -> Any:
+        if mode == "zero":
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            return ZeroRedundancyOptimizer(net.parameters(), optimizer_class=cls, **case["kwargs"])
+        return cls(net.parameters(), **case["kwargs"])
+
+    def full_state_dict(opt: Any) -> dict[str, Any]:
+        if mode != "zero":
+            return opt.state_dict()
+        saved = None
+        for r in range(world):  # ZeRO gathers the whole state on one rank at a time
+            opt.consolidate_state_dict(to=r)
+            if r == rank:
+                saved = opt.state_dict()
+        return saved
+
+    opt = make_opt()
+    resume = None if case.get("resume_after") is None else (case["resume_after"], make_opt,
+                                                            full_state_dict)
     def poison(t: int) -> None:  # a NaN in one rank's gradient (shard) at one step
         if (rank, t) == tuple(case.get("nan_grad", (-1, -1))):
             g = next(iter(net.parameters())).grad
             (g.to_local() if hasattr(g, "to_local") else g).view(-1)[0] = float("nan")
 
-    return _train(net, opt, batches, setup == "lbfgs", reduce_loss, model, before_step=poison)
+    return _train(net, opt, batches, setup == "lbfgs", reduce_loss, model, before_step=poison,
+                  resume=resume)
 
 
 @contextlib.contextmanager
@@ -271,8 +293,10 @@ def run_distributed(cases: list[dict[str, Any]], steps: int, world_size: int = 2
     ``cases``: dicts as for :func:`train_single`, plus ``"id"`` (a unique
     name) and ``"modes"`` (a subset of :data:`MODES`); optionally
     ``"nan_grad": (rank, step)`` puts a NaN into that rank's (shard of the)
-    first gradient before that step, and ``"no_all_reduce": True`` makes
-    LMAdagrad skip its all-reduce. The processes run on
+    first gradient before that step, ``"no_all_reduce": True`` makes
+    LMAdagrad skip its all-reduce, and ``"resume_after": t`` replaces the
+    optimizer after step ``t`` by a new one loaded from a copy of its
+    ``state_dict()`` (the run must not notice). The processes run on
     this machine, talk over loopback only, use one thread each, and are killed
     after ``timeout`` seconds (``TimeoutError``); a launch whose free port was
     taken meanwhile is tried once more. Returns, per rank,
