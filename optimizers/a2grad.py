@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     _foreach_l2_grads,
@@ -160,7 +161,7 @@ class A2Grad(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         beta: float = 10.0,
         lips: float = 10.0,
         rho: float = 0.5,
@@ -395,8 +396,8 @@ def _single_tensor_a2grad(
         elif variant == "inc":
             v.mul_(c["w2"]).addcmul_(d, d, value=c["w2"])  # v_k = k^2/(k+1)^2 v_{k-1} + delta_k^2
         else:
-            v_tilde.mul_(rho).addcmul_(d, d, value=c["w2_exp"])  # rho v~ + (1 - rho) delta^2
-            torch.maximum(v, v_tilde, out=v)  # v_k = max(v_{k-1}, v~_k)
+            v_tilde.mul_(rho).addcmul_(d, d, value=c["w2_exp"])  # type: ignore[union-attr]  # rho v~ + (1 - rho) delta^2
+            torch.maximum(v, v_tilde, out=v)  # type: ignore[arg-type]  # v_k = max(v_{k-1}, v~_k)
         g_bar.mul_(c["w"]).add_(g)  # g_bar_k = g_k - w d_k, the mean of g_0..g_k
         denom = v.sqrt().mul_(c["beta_h"]).add_(c["gamma"])  # gamma_k + beta h_k
 

@@ -7,10 +7,11 @@ r"""Adafactor: factored second moments and relative step sizes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     OptimizerBase,
@@ -121,7 +122,7 @@ class Adafactor(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         beta2_decay: float = -0.8,
         eps: tuple[float | None, float] = (None, 1e-3),
@@ -251,7 +252,9 @@ def _rms(u: Tensor) -> float:
     return u.norm(2).item() / (u.numel() ** 0.5)
 
 
-def _step_scalars(theta: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float):
+def _step_scalars(
+    theta: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float
+) -> tuple[float, float]:
     """``(1 - beta2_n, alpha_t)``: the moving averages' weight and the step before clipping."""
     rho_n = min(lr, 1 / (n**0.5))  # relative step size
     return n**beta2_decay, max(eps2, _rms(theta)) * rho_n
@@ -290,13 +293,13 @@ def _single_tensor_adafactor(
             theta.mul_(1 - lr * weight_decay)  # theta <- (1 - rho * lambda) * theta
 
         if g.dim() > 1:
-            R, C = row_vars[i], col_vars[i]
+            R, C = cast(Tensor, row_vars[i]), cast(Tensor, col_vars[i])  # set when factored
             R.lerp_(_mean_squares(g, -1), w)  # R_{t+1}: row means of g^2
             C.lerp_(_mean_squares(g, -2), w)  # C_{t+1}: column means of g^2
             V_hat = R @ C  # rank-1 reconstruction R C / mean(R)
             V_hat.div_(R.mean(dim=-2, keepdim=True).clamp_(min=eps1))
         else:
-            V = variances[i]
+            V = cast(Tensor, variances[i])  # set when not factored
             V.lerp_(g * g, w)  # V_{t+1} = beta2_n V_t + (1 - beta2_n) g_t^2
             V_hat = V.clone()
 
@@ -306,11 +309,11 @@ def _single_tensor_adafactor(
 
 
 def _group_by_device_dtype_and_factoring(
-    tensorlists: list[list[Tensor | None]],
-) -> dict[tuple[torch.device, torch.dtype, bool], list[list[Tensor | None]]]:
+    tensorlists: Sequence[Sequence[Tensor | None]],
+) -> dict[tuple[torch.device, torch.dtype, bool], list[list[Any]]]:
     """:func:`_group_by_device_and_dtype`, each bucket split into factored
     (the gradient, ``tensorlists[1]``, has two or more dims) and unfactored tensors."""
-    out: dict[tuple[torch.device, torch.dtype, bool], list[list[Tensor | None]]] = {}
+    out: dict[tuple[torch.device, torch.dtype, bool], list[list[Any]]] = {}
     for (device, dtype), (lists, _) in _group_by_device_and_dtype(tensorlists).items():
         for j, g in enumerate(lists[1]):
             bucket = out.setdefault((device, dtype, g.dim() > 1), [[] for _ in lists])
@@ -346,7 +349,7 @@ def _multi_tensor_adafactor(
         # all buckets of a group that mixes dtypes)
         eps1_b = torch.finfo(dtype).eps if eps1 is None else eps1
         if maximize:
-            g_list = torch._foreach_neg(g_list)
+            g_list = torch._foreach_neg(g_list)  # type: ignore[assignment]  # a list (stubs: tuple)
         _increment_steps(steps)
         ws, alphas = zip(*(_step_scalars(p, n.item(), lr, beta2_decay, eps2) for p, n in zip(p_list, steps)))
 

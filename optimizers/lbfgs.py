@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, SupportsFloat, TypeVar
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import OptimizerBase, _check_nonnegative
 from ._torch_phrases import check_lr
 
 __all__ = ["LBFGS", "lbfgs_direction", "strong_wolfe", "cubic_interpolate"]
+
+# What the closure returns: a loss that float() accepts (a 1-element Tensor or a number).
+_FloatLossT = TypeVar("_FloatLossT", bound=SupportsFloat)
 
 
 class LBFGS(OptimizerBase):
@@ -116,7 +120,7 @@ class LBFGS(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1,
         max_iter: int = 20,
         max_eval: int | None = None,
@@ -181,10 +185,12 @@ class LBFGS(OptimizerBase):
         offset = 0
         for p in self._params:
             p = torch.view_as_real(p) if p.is_complex() else p
-            p.add_(d[offset : offset + p.numel()].view_as(p), alpha=t)
+            p.add_(d[offset : offset + p.numel()].view_as(p), alpha=t)  # type: ignore[arg-type]  # a 0-dim Tensor works
             offset += p.numel()
 
-    def _evaluate_along(self, closure: Callable[[], Any], x: list[Tensor], t, d: Tensor):
+    def _evaluate_along(
+        self, closure: Callable[[], Any], x: list[Tensor], t: float | Tensor, d: Tensor
+    ) -> tuple[float, Tensor]:
         """(f(x + t d), grad f(x + t d)) with x the parameters' values, leaving them at x."""
         self._add_to_params(t, d)
         loss = float(closure())
@@ -195,7 +201,7 @@ class LBFGS(OptimizerBase):
 
     # -- the step ---------------------------------------------------------- #
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any]) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], _FloatLossT]) -> _FloatLossT:  # type: ignore[override]
         """Run up to ``max_iter`` L-BFGS iterations; return the closure's first loss.
 
         Args:
@@ -264,7 +270,7 @@ class LBFGS(OptimizerBase):
             prev_loss = loss
 
             # first trial step length
-            t = min(1.0, 1.0 / g.abs().sum()) * lr if state["n_iter"] == 1 else lr
+            t = min(1.0, 1.0 / g.abs().sum()) * lr if state["n_iter"] == 1 else lr  # type: ignore[operator]
             gtd = g.dot(d)  # directional derivative g^T d
             if gtd > -tolerance_change:  # not a descent direction
                 break
@@ -282,7 +288,7 @@ class LBFGS(OptimizerBase):
                 self._add_to_params(t, d)  # fixed step theta_{k+1} = theta_k + t d_k
                 if n_iter != max_iter:  # the last gradient is evaluated by the next call
                     with torch.enable_grad():
-                        loss = closure()
+                        loss = closure()  # type: ignore[assignment]  # float() next
                     loss = float(loss)  # (outside grad mode: no warning about requires_grad)
                     g = self._flat_grad()
                     opt_cond = g.abs().max() <= tolerance_grad
@@ -322,7 +328,7 @@ def lbfgs_direction(
     old_stps: list[Tensor],
     ro: list[Tensor],
     H_diag: float | Tensor,
-    al: list[Tensor | None] | None = None,
+    al: list[Any] | None = None,
 ) -> Tensor:
     r"""The quasi-Newton direction :math:`d = -H g` by the two-loop recursion.
 
@@ -345,7 +351,10 @@ def lbfgs_direction(
     return d
 
 
-def cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
+def cubic_interpolate(
+    x1: Any, f1: Any, g1: Any, x2: Any, f2: Any, g2: Any,
+    bounds: tuple[Any, Any] | None = None,
+) -> Any:
     r"""Minimizer of the cubic with values ``f1, f2`` and slopes ``g1, g2`` at ``x1, x2``.
 
     Clipped to ``bounds`` (default: the interval between ``x1`` and ``x2``);
@@ -395,11 +404,11 @@ def strong_wolfe(
     evals = 1
     gtd_new = g_new.dot(d)
 
-    def too_little_decrease(t, f_new):  # Armijo fails (False for NaN, as in torch)
+    def too_little_decrease(t: Any, f_new: float) -> bool:  # Armijo fails (False for NaN, as in torch)
         return f_new > f + c1 * t * gtd
 
     # Phase one: points are (t, f, g, g^T d); find a bracket [prev, new] or an acceptable t.
-    prev = (0, f, g, gtd)
+    prev: tuple[Any, float, Tensor, Any] = (0, f, g, gtd)
     done = False
     ls_iter = 0
     while ls_iter < max_ls:

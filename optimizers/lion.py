@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     OptimizerBase,
@@ -95,7 +96,7 @@ class Lion(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-4,
         betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.99),
         weight_decay: float = 0.0,
@@ -236,7 +237,7 @@ def _multi_tensor_lion(
     for (p_list, g_list, m_list, steps), _ in buckets.values():
         _increment_steps(steps)
         if maximize:
-            g_list = torch._foreach_neg(g_list)
+            g_list = torch._foreach_neg(g_list)  # type: ignore[assignment]  # a list (stubs: tuple)
         else:
             g_list = list(g_list)
         if has_complex:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import OptimizerBase, _as_float, _check_impl_flags, _real_number, _resolve_impl
 from ._torch_phrases import check_lr, check_nonnegative, torch_phrase
@@ -33,7 +34,7 @@ def _refuse_dtensor(name: str, group_index: int, params: list[Tensor], why: str)
             raise TypeError(
                 f"{name} does not support DTensor parameters, but "
                 f"param_groups[{group_index}]['params'][{j}] is a DTensor with placements "
-                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): {why}. Keep such "
+                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): {why}. Keep such "  # type: ignore[attr-defined]  # a DTensor
                 "parameters out of fully_shard, or optimize them with another optimizer"
             )
 
@@ -111,7 +112,7 @@ class Muon(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-3,
         weight_decay: float = 0.1,
         momentum: float = 0.95,
@@ -344,7 +345,7 @@ def _multi_tensor_muon(
     if not params:
         return
     if maximize:
-        grads = torch._foreach_neg(grads)
+        grads = torch._foreach_neg(grads)  # type: ignore[assignment]  # a list (stubs: tuple)
     torch._foreach_lerp_(momentum_bufs, grads, 1 - momentum)
     updates = torch._foreach_lerp(grads, momentum_bufs, momentum) if nesterov else momentum_bufs
     for W, U in zip(params, updates):  # the iteration is a chain of matrix products per tensor

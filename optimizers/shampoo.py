@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     OptimizerBase,
@@ -109,7 +110,7 @@ class Shampoo(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         eps: float = 1e-6,
         momentum: float = 0.0,
@@ -211,7 +212,7 @@ def init_state(p: Tensor, eps: float, momentum: float, grafting: str | None) -> 
         state["sum"] = torch.full_like(p, eps, dtype=dt, memory_format=torch.preserve_format)
     else:
         m, n = shape
-        kw = dict(dtype=dt, device=p.device)
+        kw: dict[str, Any] = dict(dtype=dt, device=p.device)
         state["L"] = eps * torch.eye(m, **kw)
         state["R"] = eps * torch.eye(n, **kw)
         state["L_inv_root"] = torch.eye(m, **kw)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     OptimizerBase,
@@ -122,7 +123,7 @@ class SOAP(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 3e-3,
         betas: tuple[float, float] = (0.95, 0.95),
         shampoo_beta: float | None = None,
@@ -197,7 +198,7 @@ def init_state(p: Tensor, max_precond_dim: int) -> dict[str, Any]:
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
     m, n = shape
-    kw = dict(dtype=dt, device=p.device)
+    kw: dict[str, Any] = dict(dtype=dt, device=p.device)
     state["exp_avg_sq"] = torch.zeros(m, n, **kw)
     if m <= max_precond_dim:
         state["L"], state["Q_L"] = torch.zeros(m, m, **kw), torch.eye(m, **kw)
@@ -315,4 +316,4 @@ def _multi_tensor_soap(params, grads, states, *, lr, beta1, beta2, shampoo_beta,
     params, directions = [list(x) for x in zip(*moving)]
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_add_(params, directions, alpha=-lr)
+    torch._foreach_add_(params, directions, alpha=-lr)  # type: ignore[arg-type]  # Nones filtered out

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     OptimizerBase,
@@ -32,6 +33,9 @@ from ._base import (
 from ._torch_phrases import check_betas, check_lr, check_nonnegative
 
 __all__ = ["SophiaG", "sophiag", "sophiag_update_hessian"]
+
+# What a closure returns (usually a loss Tensor or a float); ``step(closure)`` returns it.
+_LossT = TypeVar("_LossT")
 
 #: the constant the official code adds to the denominator :math:`\rho B h`
 _DENOM_EPS = 1e-15
@@ -118,7 +122,7 @@ class SophiaG(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-4,
         betas: tuple[float, float] = (0.965, 0.99),
         rho: float = 0.04,
@@ -176,8 +180,12 @@ class SophiaG(OptimizerBase):
                 has_complex=has_complex,
             )
 
+    @overload
+    def step(self, closure: None = None, bs: float = 5120) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], _LossT], bs: float = 5120) -> _LossT: ...
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None, bs: float = 5120) -> Any:
+    def step(self, closure: Callable[[], _LossT] | None = None, bs: float = 5120) -> _LossT | None:
         """Perform one optimization step; return the closure's loss, if any.
 
         Args:
@@ -188,7 +196,7 @@ class SophiaG(OptimizerBase):
                 official default).
         """
         bs = _check_bs(bs)
-        loss = None
+        loss: _LossT | None = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -357,7 +365,7 @@ def _multi_tensor_sophiag(
         if has_complex:
             _view_as_real_lists(p_list, g_list, m_list, h_list)
         if maximize:
-            g_list = torch._foreach_neg(g_list)
+            g_list = torch._foreach_neg(g_list)  # type: ignore[assignment]  # a list (stubs: tuple)
 
         torch._foreach_mul_(p_list, 1 - lr * weight_decay)
         torch._foreach_mul_(m_list, beta1)

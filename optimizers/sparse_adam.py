@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import OptimizerBase, _real_number
 from ._torch_phrases import check_betas, check_lr, torch_phrase
@@ -84,7 +85,7 @@ class SparseAdam(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
