@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.optim import Optimizer
@@ -170,5 +170,5 @@ def warmup_cosine(
                                  "different learning rates)")
             min_factors.append(m / base if base > 0 else 0.0)
 
-    factors = [WarmupCosineFactor(W, T, s, mf) for mf in min_factors]
+    factors: list[Callable[[int], float]] = [WarmupCosineFactor(W, T, s, mf) for mf in min_factors]
     return LambdaLR(optimizer, factors, last_epoch=last_epoch)
