@@ -54,13 +54,17 @@ import functools
 import math
 import numbers
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast, overload
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import ParamsT
 
 __all__ = ["OptimizerBase", "InvalidParamsError"]
+
+# What a closure returns (usually a loss Tensor or a float); ``step(closure)`` returns it.
+_LossT = TypeVar("_LossT")
 
 
 # --------------------------------------------------------------------------- #
@@ -77,7 +81,7 @@ class InvalidParamsError(TypeError, ValueError):
     """
 
 
-def _check_params(params: Any) -> list:
+def _check_params(params: Any) -> list[Any]:
     """Return ``params`` as a list, refusing what no optimizer can use.
 
     Raises :class:`InvalidParamsError` for a single tensor (a common slip:
@@ -184,7 +188,7 @@ def _check_range(
         raise ValueError(f"Invalid {name}: {_fmt(value)} (must be in {interval})")
 
 
-def _check_betas(betas: Any, name: str = "betas") -> tuple[Any, Any]:
+def _check_betas(betas: Any, name: str = "betas") -> tuple[Any, ...]:
     """Validate a pair ``(beta1, beta2)`` with each coefficient in ``[0, 1)``.
 
     Returns the pair as a tuple; 1-element tensors are squeezed to 0-dim, as
@@ -210,16 +214,25 @@ def _check_impl_flags(
     differentiable: bool = False,
     capturable: bool = False,
     fused_supported: bool = False,
+    differentiable_supported: bool = False,
 ) -> None:
     """Validate the implementation switches shared by all optimizers.
 
     ``foreach`` and ``fused`` cannot both be True; ``fused=True`` is only
     accepted where torch ships a fused kernel (``fused_supported``).
-    ``differentiable=True`` (autograd through the step) and
-    ``capturable=True`` (CUDA-graph capture) are accepted by ``torch.optim``
-    but not implemented here: they raise instead of silently doing something
-    else.
+    ``differentiable=True`` (autograd through the step, on the single-tensor
+    path) is accepted where ``torch.optim`` has the same class
+    (``differentiable_supported``), but never with ``fused=True`` (torch's
+    ``RuntimeError``); elsewhere it raises, as does ``capturable=True``
+    (CUDA-graph capture, not implemented here), instead of silently doing
+    something else.
     """
+    if differentiable and fused:
+        raise RuntimeError(
+            f"Invalid fused: True with differentiable=True (`fused` does not support "
+            f"`differentiable`: {name} differentiates through its single-tensor path; "
+            "leave fused=None)"
+        )
     if foreach and fused:
         raise ValueError(
             f"Invalid fused: True with foreach=True (must not both be True: {name} "
@@ -230,10 +243,11 @@ def _check_impl_flags(
             f"Invalid fused: True (must be None or False: {name} has no fused "
             "kernel in torch; use foreach=True or leave fused=None)"
         )
-    if differentiable:
+    if differentiable and not differentiable_supported:
         raise ValueError(
             f"Invalid differentiable: True (must be False: differentiating through "
-            f"the step is not implemented by optimizers.{name}; use torch.optim.{name})"
+            f"the step is not implemented by optimizers.{name}, which has no "
+            "torch.optim counterpart)"
         )
     if capturable:
         raise ValueError(
@@ -349,6 +363,54 @@ def _resolve_impl(
     return "foreach" if foreach else "single"
 
 
+class ForeachDifferentiableError(RuntimeError, AssertionError):
+    """``foreach=True`` with ``differentiable=True``: torch.optim raises an
+    ``AssertionError`` ("_foreach ops don't support autograd"); this error is
+    also a :class:`RuntimeError`, the type a user mistake gets elsewhere."""
+
+
+def _foreach_flag(group: dict[str, Any], foreach_differentiable: bool = False) -> bool | None:
+    """The ``foreach`` a group's step passes to its functional core.
+
+    With ``differentiable=True`` the single-tensor path runs (``False``), as in
+    torch.optim; an explicit ``foreach=True`` then raises torch's error
+    ("_foreach ops don't support autograd"), except where torch.optim accepts
+    the pair (``foreach_differentiable``: SGD, whose foreach step torch runs
+    under autograd; the package runs the same update on its single-tensor path).
+    """
+    foreach = group.get("foreach")
+    if group.get("differentiable", False):
+        if foreach and not foreach_differentiable:
+            raise ForeachDifferentiableError(
+                "Invalid foreach: True with differentiable=True (_foreach ops don't "
+                "support autograd: leave foreach=None or set it to False)"
+            )
+        return False
+    return foreach
+
+
+def _check_hyperparameters_detached(name: str, groups: list[dict[str, Any]]) -> None:
+    """With ``differentiable=True``, refuse hyperparameter tensors that require grad.
+
+    The package differentiates the step with respect to the parameters, their
+    gradients and the optimizer state; its functional cores read ``lr``,
+    ``betas`` and the others as numbers, which would silently cut the
+    derivative with respect to a hyperparameter, so they raise instead.
+    """
+    for group in groups:
+        for key, value in group.items():
+            if key == "params":
+                continue
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, Tensor) and v.requires_grad for v in values):
+                raise RuntimeError(
+                    f"Invalid {key}: a Tensor that requires grad (must not require grad: "
+                    f"{name} with differentiable=True differentiates the step with respect "
+                    f"to the parameters, gradients and state, not to {key}; pass "
+                    f"{key} detached)"
+                )
+
+
 def _check_fused_tensors(name: str, params: Iterable[Tensor], grads: Iterable[Tensor] = ()) -> None:
     """Refuse tensors the fused kernels cannot take, with a clear message.
 
@@ -369,7 +431,7 @@ def _check_fused_tensors(name: str, params: Iterable[Tensor], grads: Iterable[Te
 
 
 def _group_by_device_and_dtype(
-    tensorlists: list[list[Tensor | None]], with_indices: bool = False
+    tensorlists: Sequence[Sequence[Tensor | None]], with_indices: bool = False
 ) -> dict[tuple[torch.device, torch.dtype], tuple[list[list[Any]], list[int]]]:
     """Split parallel tensor lists into buckets of one device and one dtype.
 
@@ -381,7 +443,7 @@ def _group_by_device_and_dtype(
     the same objects as in the input (in-place ops propagate back); ``None``
     entries replaced in a bucket do not.
     """
-    return Optimizer._group_tensors_by_device_and_dtype(tensorlists, with_indices)  # type: ignore[return-value]
+    return Optimizer._group_tensors_by_device_and_dtype(tensorlists, with_indices)  # type: ignore[arg-type, return-value]
 
 
 def _foreach_l2_grads(
@@ -394,11 +456,11 @@ def _foreach_l2_grads(
     caller's ``.grad`` tensors are never modified.
     """
     if maximize:
-        grads = torch._foreach_neg(grads)
+        grads = torch._foreach_neg(grads)  # type: ignore[assignment]  # a list (stubs: tuple)
         if weight_decay != 0:
             torch._foreach_add_(grads, params, alpha=weight_decay)  # a fresh list we own
     elif weight_decay != 0:
-        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)  # type: ignore[assignment]
     return grads
 
 
@@ -458,7 +520,8 @@ class OptimizerBase(Optimizer):
 
     * validation of ``params`` (:func:`_check_params`);
     * :meth:`step`: evaluates the optional closure with gradients enabled,
-      then calls :meth:`_step_group` for every group under ``torch.no_grad()``;
+      then calls :meth:`_step_group` for every group under ``torch.no_grad()``
+      (with autograd on when ``differentiable=True``);
     * lazy per-parameter state (:meth:`_lazy_state` calls :meth:`_init_state`
       on first use);
     * gathering of the parameters that have a gradient (:meth:`_gather`),
@@ -476,8 +539,9 @@ class OptimizerBase(Optimizer):
     _supports_sparse: bool = False
     _group_fallbacks: dict[str, Any] = {}
     _fused_supported: bool = False
+    _differentiable_supported: bool = False
 
-    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(_check_params(params), defaults)
         # the group keys as constructed: torch.optim.Optimizer.__setstate__
         # adds "differentiable" to ``self.defaults`` of every class
@@ -502,6 +566,7 @@ class OptimizerBase(Optimizer):
                 differentiable=group.get("differentiable", False),
                 capturable=group.get("capturable", False),
                 fused_supported=self._fused_supported,
+                differentiable_supported=self._differentiable_supported,
             )
             for p in group["params"]:
                 p_state = self.state.get(p)
@@ -514,20 +579,31 @@ class OptimizerBase(Optimizer):
                     )
 
     # -- the step ---------------------------------------------------------- #
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], _LossT]) -> _LossT: ...
+    def step(self, closure: Callable[[], _LossT] | None = None) -> _LossT | None:
         """Perform one optimization step; return the closure's loss, if any.
 
         Args:
             closure: optional callable that re-evaluates the model and returns
                 the loss. It runs with gradients enabled, before the update.
+
+        The update runs under ``torch.no_grad()``, or with autograd recording
+        it when the optimizer was built with ``differentiable=True`` (what
+        torch.optim's ``_use_grad_for_differentiable`` does).
         """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            self._step_group(group)
+        differentiable = bool(self.defaults.get("differentiable", False))
+        if differentiable:
+            _check_hyperparameters_detached(type(self).__name__, self.param_groups)
+        loss: _LossT | None = None
+        with torch.set_grad_enabled(differentiable):
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                self._step_group(group)
         return loss
 
     def _step_group(self, group: dict[str, Any]) -> None:  # pragma: no cover

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -76,18 +78,20 @@ class Adadelta(OptimizerBase):
             faster for large models (see ``benchmarks/results/step_times.md``).
         capturable: not supported (must be False).
         maximize: maximize the objective instead of minimizing (default: False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
 
     Reference:
         Zeiler (2012), *ADADELTA: An Adaptive Learning Rate Method*,
         arXiv:1212.5701.
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"capturable": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1.0,
         rho: float = 0.9,
         eps: float = 1e-6,
@@ -103,7 +107,8 @@ class Adadelta(OptimizerBase):
         _check_nonnegative("eps", eps)
         _check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
-            "Adadelta", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "Adadelta", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -138,7 +143,7 @@ class Adadelta(OptimizerBase):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -205,6 +210,8 @@ def _single_tensor_adadelta(
         v.mul_(rho).addcmul_(g, g, value=1 - rho)  # v_t = rho * v_{t-1} + (1 - rho) * g_t^2
         std = v.add(eps).sqrt_()  # sqrt(v_t + eps)
         delta = u.add(eps).sqrt_()  # sqrt(u_{t-1} + eps)
+        if torch.is_grad_enabled():  # differentiable=True: sqrt's backward reads delta
+            delta = delta.clone()
         delta.div_(std).mul_(g)  # Delta_t = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t
         u.mul_(rho).addcmul_(delta, delta, value=1 - rho)  # u_t = rho * u_{t-1} + (1 - rho) * Delta_t^2
         theta.add_(delta, alpha=-lr)  # theta_t = theta_{t-1} - eta * Delta_t

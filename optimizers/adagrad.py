@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -80,7 +82,8 @@ class Adagrad(OptimizerBase):
             foreach kernels), and the single-tensor loop on CPU, where it is
             faster for large models (see ``benchmarks/results/step_times.md``).
         maximize: maximize the objective instead of minimizing (default: False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
         fused: use torch's fused kernel ``torch._fused_adagrad_`` (no sparse
             or complex tensors) (default: None).
 
@@ -89,13 +92,14 @@ class Adagrad(OptimizerBase):
         Learning and Stochastic Optimization*, JMLR 12.
     """
 
+    _differentiable_supported = True
     _supports_sparse = True
     _fused_supported = True
     _group_fallbacks = {"fused": None}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         lr_decay: float = 0,
         weight_decay: float = 0,
@@ -117,6 +121,7 @@ class Adagrad(OptimizerBase):
             foreach=foreach,
             fused=fused,
             differentiable=differentiable,
+            differentiable_supported=True,
             fused_supported=True,
         )
         defaults = dict(
@@ -166,7 +171,7 @@ class Adagrad(OptimizerBase):
             weight_decay=group["weight_decay"],
             eps=group["eps"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             fused=group["fused"],
             has_sparse_grad=has_sparse,
             has_complex=has_complex,
@@ -253,7 +258,10 @@ def _single_tensor_adagrad(
         else:
             theta, g, s = _real(theta), _real(g), _real(s)
             s.addcmul_(g, g, value=1)  # s_t = s_{t-1} + g_t^2
-            std = s.sqrt().add_(eps)  # sqrt(s_t) + eps
+            std = s.sqrt()
+            # sqrt(s_t) + eps; out of place when autograd records the step
+            # (differentiable=True), as sqrt's backward reads its output
+            std = std + eps if torch.is_grad_enabled() else std.add_(eps)
             theta.addcdiv_(g, std, value=-lr_t)  # theta_t = theta_{t-1} - eta_t * g_t / std
 
 

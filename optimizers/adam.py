@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_adam_moments,
     _foreach_l2_grads,
     OptimizerBase,
@@ -99,13 +101,15 @@ _ADAM_ARGS = r"""
             faster for large models (see ``benchmarks/results/step_times.md``).
         maximize: maximize the objective instead of minimizing (default: False).
         capturable: not supported (must be False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
         fused: use torch's fused kernel (``torch._fused_adam_`` /
             ``torch._fused_adamw_``); floating-point params only (default: None).
 """
 
 
 class Adam(OptimizerBase):
+    _differentiable_supported = True
     __doc__ = (
         r"""Adam: adaptive moment estimation, with optional AMSGrad and decoupled weight decay.
 """
@@ -139,7 +143,7 @@ class Adam(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-3,
         betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -162,6 +166,7 @@ class Adam(OptimizerBase):
             foreach=foreach,
             fused=fused,
             differentiable=differentiable,
+            differentiable_supported=True,
             capturable=capturable,
             fused_supported=True,
         )
@@ -210,7 +215,7 @@ class Adam(OptimizerBase):
             amsgrad=group["amsgrad"],
             maximize=group["maximize"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             fused=group["fused"],
             has_complex=has_complex,
         )
@@ -244,7 +249,7 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-3,
         betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -383,6 +388,7 @@ def _single_tensor_adam(
 ) -> None:
     # A tensor lr stays a tensor: the scalar arithmetic below then rounds as in
     # torch.optim (in the tensor's dtype).
+    differentiable = torch.is_grad_enabled()  # the step runs under no_grad unless differentiable=True
     for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         m, v = exp_avgs[i], exp_avg_sqs[i]
@@ -405,11 +411,16 @@ def _single_tensor_adam(
         bias_correction2_sqrt = (1 - beta2**t) ** 0.5
         if amsgrad:
             v_max = _real(max_exp_avg_sqs[i])
-            torch.maximum(v_max, v, out=v_max)  # v_max_t = max(v_max_{t-1}, v_t)
+            if differentiable:  # maximum's backward reads its inputs: no out=
+                v_max.copy_(torch.maximum(v_max.clone(), v.clone()))
+            else:
+                torch.maximum(v_max, v, out=v_max)  # v_max_t = max(v_max_{t-1}, v_t)
             v = v_max
         denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)  # sqrt(v_hat_t) + eps
 
-        theta.addcdiv_(m, denom, value=-lr / bias_correction1)  # theta_t = theta - eta/(1-beta1^t) * m_t / denom
+        # with differentiable=True, addcdiv's backward keeps m: the next step's
+        # in-place update of the state must not change the saved tensor
+        theta.addcdiv_(m.clone() if differentiable else m, denom, value=-lr / bias_correction1)  # theta_t = theta - eta/(1-beta1^t) * m_t / denom
 
 
 def _multi_tensor_adam(

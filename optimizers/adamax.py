@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -75,7 +77,8 @@ class Adamax(OptimizerBase):
             foreach kernels), and the single-tensor loop on CPU, where it is
             faster for large models (see ``benchmarks/results/step_times.md``).
         maximize: maximize the objective instead of minimizing (default: False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
         capturable: not supported (must be False).
 
     Reference:
@@ -83,11 +86,12 @@ class Adamax(OptimizerBase):
         ICLR, Section 7.1.
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"capturable": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 2e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -103,7 +107,8 @@ class Adamax(OptimizerBase):
         _check_nonnegative("eps", eps)
         _check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
-            "Adamax", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "Adamax", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -140,7 +145,7 @@ class Adamax(OptimizerBase):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -208,9 +213,16 @@ def _single_tensor_adamax(
 
         theta, g, m, u = _real(theta), _real(g), _real(m), _real(u)
         m.lerp_(g, 1 - beta1)  # m_t = beta1 * m_{t-1} + (1 - beta1) * g_t
-        torch.maximum(u.mul_(beta2), g.abs().add_(eps), out=u)  # u_t = max(beta2 * u_{t-1}, |g_t| + eps)
+        differentiable = torch.is_grad_enabled()  # the step runs under no_grad unless differentiable=True
+        if differentiable:  # as torch.optim: no out= under autograd, amax of the two candidates
+            candidates = torch.stack([u.mul_(beta2), g.abs().add_(eps)])
+            u.copy_(torch.amax(candidates, 0))
+        else:
+            torch.maximum(u.mul_(beta2), g.abs().add_(eps), out=u)  # u_t = max(beta2 * u_{t-1}, |g_t| + eps)
 
         step_size = lr / (1 - beta1 ** step_t.item())  # eta / (1 - beta1^t)
+        if differentiable:  # addcdiv's backward keeps m and u: the next step updates them in place
+            m, u = m.clone(), u.clone()
         theta.addcdiv_(m, u, value=-step_size)  # theta_t = theta_{t-1} - step_size * m_t / u_t
 
 

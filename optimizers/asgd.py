@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     OptimizerBase,
     _check_impl_flags,
     _foreach_l2_grads,
@@ -91,7 +93,8 @@ class ASGD(OptimizerBase):
             tensors are plain tensors on CUDA (or another accelerator with
             foreach kernels), and the single-tensor loop on CPU.
         maximize: maximize the objective instead of minimizing (default: False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
         capturable: not supported (must be False).
 
     References:
@@ -101,11 +104,12 @@ class ASGD(OptimizerBase):
         Networks: Tricks of the Trade (the step schedule and :math:`\lambda`).
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"capturable": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         lambd: float = 1e-4,
         alpha: float = 0.75,
@@ -124,7 +128,8 @@ class ASGD(OptimizerBase):
             if not _real_number(name, value) >= 0:
                 raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
         _check_impl_flags(
-            "ASGD", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "ASGD", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -182,7 +187,7 @@ class ASGD(OptimizerBase):
             t0=group["t0"],
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -271,7 +276,9 @@ def _single_tensor_asgd(
         theta.add_(g, alpha=-eta_t)  # ... - eta_t * g_t
 
         if mus[i].item() != 1:
-            ax.add_(theta.sub(ax).mul_(mus[i]))  # theta_bar += mu_t * (theta_{t+1} - theta_bar)
+            # (mu_t cloned under autograd, differentiable=True: it is overwritten below)
+            mu_t = mus[i].clone() if torch.is_grad_enabled() else mus[i]
+            ax.add_(theta.sub(ax).mul_(mu_t))  # theta_bar += mu_t * (theta_{t+1} - theta_bar)
         else:
             ax.copy_(theta)  # mu_t = 1: the average is the iterate
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_adam_moments,
     _foreach_l2_grads,
     OptimizerBase,
@@ -101,18 +103,20 @@ class NAdam(OptimizerBase):
             faster for large models (see ``benchmarks/results/step_times.md``).
         maximize: maximize the objective instead of minimizing (default: False).
         capturable: not supported (must be False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
 
     References:
         Dozat (2016), *Incorporating Nesterov Momentum into Adam*, ICLR workshop.
         Loshchilov & Hutter (2019), *Decoupled Weight Decay Regularization*, ICLR.
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"capturable": False, "decoupled_weight_decay": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 2e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -131,7 +135,8 @@ class NAdam(OptimizerBase):
         _check_nonnegative("weight_decay", weight_decay)
         _check_nonnegative("momentum_decay", momentum_decay)
         _check_impl_flags(
-            "NAdam", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "NAdam", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -188,7 +193,7 @@ class NAdam(OptimizerBase):
             momentum_decay=group["momentum_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -289,11 +294,15 @@ def _single_tensor_nadam(
 
         m.lerp_(g, 1 - beta1)  # m_t = beta1 * m_{t-1} + (1 - beta1) * g_t
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v_t = beta2 * v_{t-1} + (1 - beta2) * g_t^2
-        denom = v.div(1 - beta2**t).sqrt().add_(eps)  # d_t = sqrt(v_t / (1 - beta2^t)) + eps
+        denom = v.div(1 - beta2**t).sqrt()
+        # d_t = sqrt(v_t / (1 - beta2^t)) + eps; with differentiable=True (autograd
+        # records the step) out of place, and m cloned for addcdiv's backward
+        differentiable = torch.is_grad_enabled()
+        denom = denom + eps if differentiable else denom.add_(eps)
 
         pi = mu_product.item()
         theta.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - pi))
-        theta.addcdiv_(m, denom, value=(-lr * mu_next) / (1.0 - pi * mu_next))
+        theta.addcdiv_(m.clone() if differentiable else m, denom, value=(-lr * mu_next) / (1.0 - pi * mu_next))
 
 
 def _multi_tensor_nadam(

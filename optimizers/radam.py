@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -99,7 +101,8 @@ class RAdam(OptimizerBase):
             foreach kernels), and the single-tensor loop on CPU.
         maximize: maximize the objective instead of minimizing (default: False).
         capturable: not supported (must be False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
 
     References:
         Liu, Jiang, He, Chen, Liu, Gao & Han (2020), *On the Variance of the
@@ -107,11 +110,12 @@ class RAdam(OptimizerBase):
         Loshchilov & Hutter (2019), *Decoupled Weight Decay Regularization*, ICLR.
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"capturable": False, "decoupled_weight_decay": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -128,7 +132,8 @@ class RAdam(OptimizerBase):
         betas = check_betas(betas)
         check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
-            "RAdam", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "RAdam", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -167,7 +172,7 @@ class RAdam(OptimizerBase):
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -272,7 +277,9 @@ def _single_tensor_radam(
 
         rho_inf, rho = _rho(beta2, n)  # rho_{t+1}
         if rho > 5.0:
-            adaptive = bias_correction2**0.5 / v.sqrt().add_(eps)  # sqrt(1 - beta2^n) / (sqrt(v_{t+1}) + eps)
+            denom = v.sqrt()  # out of place below under autograd (differentiable=True)
+            denom = denom + eps if torch.is_grad_enabled() else denom.add_(eps)
+            adaptive = bias_correction2**0.5 / denom  # sqrt(1 - beta2^n) / (sqrt(v_{t+1}) + eps)
             theta.add_(m_hat * lr * adaptive * _rectifier(rho_inf, rho), alpha=-1.0)
         else:
             theta.add_(m_hat * lr, alpha=-1.0)  # un-rectified: a momentum SGD step

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -88,7 +90,8 @@ class RMSprop(OptimizerBase):
             foreach kernels), and the single-tensor loop on CPU, where it is
             faster for large models (see ``benchmarks/results/step_times.md``).
         maximize: maximize the objective instead of minimizing (default: False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
 
     References:
         Tieleman & Hinton (2012), *Lecture 6.5 - RMSprop*, COURSERA: Neural
@@ -97,11 +100,12 @@ class RMSprop(OptimizerBase):
         arXiv:1308.0850 (centered variant).
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"momentum": 0, "centered": False, "capturable": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         alpha: float = 0.99,
         eps: float = 1e-8,
@@ -119,7 +123,8 @@ class RMSprop(OptimizerBase):
         _check_nonnegative("weight_decay", weight_decay)
         _check_nonnegative("momentum", momentum)
         _check_impl_flags(
-            "RMSprop", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "RMSprop", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -163,7 +168,7 @@ class RMSprop(OptimizerBase):
             momentum=group["momentum"],
             centered=group["centered"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -245,10 +250,14 @@ def _single_tensor_rmsprop(
         if centered:
             g_bar = _real(grad_avgs[i])
             g_bar.lerp_(g, 1 - alpha)  # g_bar_t = alpha * g_bar_{t-1} + (1 - alpha) * g_t
+            if torch.is_grad_enabled():  # differentiable=True: keep the saved g_bar intact
+                g_bar = g_bar.clone()
             denom = v.addcmul(g_bar, g_bar, value=-1).sqrt_()  # sqrt(v_t - g_bar_t^2)
         else:
             denom = v.sqrt()
-        denom = denom.add_(eps)  # sqrt(v_tilde_t) + eps
+        # sqrt(v_tilde_t) + eps; out of place when autograd records the step
+        # (differentiable=True), as sqrt's backward reads its output
+        denom = denom + eps if torch.is_grad_enabled() else denom.add_(eps)
 
         if momentum > 0:
             b = _real(momentum_buffers[i])

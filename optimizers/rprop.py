@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     OptimizerBase,
     _as_float,
     _check_impl_flags,
@@ -87,7 +89,8 @@ class Rprop(OptimizerBase):
             tensors are plain tensors on CUDA (or another accelerator with
             foreach kernels), and the single-tensor loop on CPU.
         maximize: maximize the objective instead of minimizing (default: False).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
 
     References:
         Riedmiller & Braun (1993), *A Direct Adaptive Method for Faster
@@ -95,11 +98,12 @@ class Rprop(OptimizerBase):
         Igel & Hüsken (2000), *Improving the Rprop Learning Algorithm*, NC 2000.
     """
 
+    _differentiable_supported = True
     _group_fallbacks = {"capturable": False}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         etas: tuple[float, float] = (0.5, 1.2),
         step_sizes: tuple[float, float] = (1e-6, 50),
@@ -122,7 +126,8 @@ class Rprop(OptimizerBase):
                 f"Invalid step_sizes: {step_sizes!r} (must satisfy 0 <= min step size <= max step size)"
             )
         _check_impl_flags(
-            "Rprop", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "Rprop", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            differentiable_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -159,7 +164,7 @@ class Rprop(OptimizerBase):
             etaminus=etaminus,
             etaplus=etaplus,
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group),
             has_complex=has_complex,
         )
 
@@ -245,12 +250,17 @@ def _single_tensor_rprop(
         # complex numbers: real and imaginary parts are separate coordinates
         theta, g, prev, delta = _real(theta), _real(g), _real(prevs[i]), _real(step_sizes[i])
 
-        factor = _signs_to_factors_(g.mul(prev).sign(), etaminus, etaplus)  # s_t = sign(g_t p_t) -> eta+, eta-, 1
+        # with differentiable=True, tensors that autograd saves are cloned: the
+        # state is updated in place afterwards (prev below, delta at the next step)
+        differentiable = torch.is_grad_enabled()
+        factor = _signs_to_factors_(
+            g.mul(prev.clone() if differentiable else prev).sign(), etaminus, etaplus
+        )  # s_t = sign(g_t p_t) -> eta+, eta-, 1
         delta.mul_(factor).clamp_(step_size_min, step_size_max)  # Delta_{t+1}
         g = g.clone(memory_format=torch.preserve_format)
         g[factor.eq(etaminus)] = 0  # sign change: this coordinate pauses
 
-        theta.addcmul_(g.sign(), delta, value=-1)  # theta_{t+1} = theta_t - sign(p_{t+1}) * Delta_{t+1}
+        theta.addcmul_(g.sign(), delta.clone() if differentiable else delta, value=-1)  # theta_{t+1} = theta_t - sign(p_{t+1}) * Delta_{t+1}
         prev.copy_(g)  # p_{t+1}
 
 

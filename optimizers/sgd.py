@@ -11,8 +11,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _foreach_flag,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -85,7 +87,8 @@ class SGD(OptimizerBase):
             tensors are plain tensors on CUDA (or another accelerator with
             foreach kernels), and the single-tensor loop on CPU, where it is
             faster for large models (see ``benchmarks/results/step_times.md``).
-        differentiable: not supported (must be False).
+        differentiable: record the step in autograd (single-tensor path), as
+            ``torch.optim`` does (default: False).
         fused: use torch's fused kernel ``torch._fused_sgd_`` (default: None).
 
     Reference:
@@ -101,13 +104,14 @@ class SGD(OptimizerBase):
         >>> opt.step()
     """
 
+    _differentiable_supported = True
     _supports_sparse = True
     _fused_supported = True
     _group_fallbacks = {"nesterov": False, "fused": None}
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-3,
         momentum: float = 0,
         dampening: float = 0,
@@ -136,6 +140,7 @@ class SGD(OptimizerBase):
             foreach=foreach,
             fused=fused,
             differentiable=differentiable,
+            differentiable_supported=True,
             fused_supported=True,
         )
         defaults = dict(
@@ -172,7 +177,7 @@ class SGD(OptimizerBase):
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],
             maximize=group["maximize"],
-            foreach=group["foreach"],
+            foreach=_foreach_flag(group, foreach_differentiable=True),
             fused=group["fused"],
             has_sparse_grad=has_sparse,
         )
