@@ -292,8 +292,11 @@ def shampoo(
          precondition_frequency=precondition_frequency, grafting=grafting, maximize=maximize)
 
 
-def _single_tensor_shampoo(params, grads, states, *, lr, eps, momentum, weight_decay,
-                           precondition_frequency, grafting, maximize) -> None:
+def _single_tensor_shampoo(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, lr: float, eps: float,
+    momentum: float, weight_decay: float, precondition_frequency: int, grafting: str | None,
+    maximize: bool,
+) -> None:
     for W, G, state in zip(params, grads, states):
         if maximize:
             G = -G
@@ -307,12 +310,15 @@ def _single_tensor_shampoo(params, grads, states, *, lr, eps, momentum, weight_d
         W.add_(D, alpha=-lr)
 
 
-def _multi_tensor_shampoo(params, grads, states, *, lr, eps, momentum, weight_decay,
-                          precondition_frequency, grafting, maximize) -> None:
+def _multi_tensor_shampoo(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, lr: float, eps: float,
+    momentum: float, weight_decay: float, precondition_frequency: int, grafting: str | None,
+    maximize: bool,
+) -> None:
     if not params:
         return
     if maximize:
-        grads = torch._foreach_neg(grads)
+        grads = torch._foreach_neg(grads)  # type: ignore[assignment]  # a list (stubs: tuple)
     _increment_steps([s["step"] for s in states])
     directions = [
         shampoo_direction(G, s, eps=eps, precondition_frequency=precondition_frequency,

@@ -276,15 +276,18 @@ def soap(
 ) -> None:
     """Functional SOAP: update ``params`` and their ``states`` (from :func:`init_state`) in place."""
     beta1, beta2 = (_as_float(b) for b in betas)
-    kw = dict(lr=_as_float(lr), beta1=beta1, beta2=beta2,
+    kw: dict[str, Any] = dict(lr=_as_float(lr), beta1=beta1, beta2=beta2,
               shampoo_beta=beta2 if shampoo_beta is None else shampoo_beta, eps=eps,
               weight_decay=weight_decay, precondition_frequency=precondition_frequency, maximize=maximize)
     impl = _resolve_impl(params, foreach)
     (_multi_tensor_soap if impl == "foreach" else _single_tensor_soap)(params, grads, states, **kw)
 
 
-def _single_tensor_soap(params, grads, states, *, lr, beta1, beta2, shampoo_beta, eps, weight_decay,
-                        precondition_frequency, maximize) -> None:
+def _single_tensor_soap(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, lr: float,
+    beta1: float, beta2: float, shampoo_beta: float, eps: float, weight_decay: float,
+    precondition_frequency: int, maximize: bool,
+) -> None:
     for W, G, state in zip(params, grads, states):
         if maximize:
             G = -G
@@ -298,12 +301,15 @@ def _single_tensor_soap(params, grads, states, *, lr, beta1, beta2, shampoo_beta
         W.add_(N, alpha=-lr)
 
 
-def _multi_tensor_soap(params, grads, states, *, lr, beta1, beta2, shampoo_beta, eps, weight_decay,
-                       precondition_frequency, maximize) -> None:
+def _multi_tensor_soap(
+    params: list[Tensor], grads: list[Tensor], states: list[dict[str, Any]], *, lr: float,
+    beta1: float, beta2: float, shampoo_beta: float, eps: float, weight_decay: float,
+    precondition_frequency: int, maximize: bool,
+) -> None:
     if not params:
         return
     if maximize:
-        grads = torch._foreach_neg(grads)
+        grads = torch._foreach_neg(grads)  # type: ignore[assignment]  # a list (stubs: tuple)
     _increment_steps([s["step"] for s in states])
     directions = [
         soap_direction(G, s, beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta, eps=eps,
