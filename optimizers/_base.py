@@ -91,12 +91,15 @@ def _check_params(params: Any) -> list[Any]:
     if isinstance(params, Tensor):
         raise InvalidParamsError(
             "Invalid params: a single Tensor (must be an iterable of Tensors or "
-            "of dicts defining parameter groups; wrap it in a list: [tensor])"
+            "of dicts defining parameter groups; wrap it in a list: [tensor]) "
+            "[torch.optim: params argument given to the optimizer should be an "
+            "iterable of Tensors or dicts, but got a Tensor]"
         )
     if isinstance(params, (str, bytes)) or not isinstance(params, Iterable):
         raise InvalidParamsError(
             f"Invalid params: {type(params).__name__!s} object (must be an iterable "
-            "of Tensors or of dicts defining parameter groups)"
+            "of Tensors or of dicts defining parameter groups) [torch.optim: params "
+            "argument given to the optimizer should be an iterable of Tensors or dicts]"
         )
     params = list(params)
     if len(params) == 0:

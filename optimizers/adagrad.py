@@ -18,8 +18,6 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
-    _check_lr,
-    _check_nonnegative,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -28,6 +26,7 @@ from ._base import (
     _step_values,
     _view_as_real_lists,
 )
+from ._torch_phrases import check_lr, check_nonnegative
 
 __all__ = ["Adagrad", "adagrad"]
 
@@ -111,11 +110,11 @@ class Adagrad(OptimizerBase):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        _check_lr(lr)
-        _check_nonnegative("lr_decay", lr_decay)
-        _check_nonnegative("weight_decay", weight_decay)
-        _check_nonnegative("initial_accumulator_value", initial_accumulator_value)
-        _check_nonnegative("eps", eps)
+        check_lr(lr)
+        check_nonnegative("lr_decay", lr_decay)
+        check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("initial_accumulator_value", initial_accumulator_value)
+        check_nonnegative("eps", eps, "epsilon")
         _check_impl_flags(
             "Adagrad",
             foreach=foreach,
@@ -253,7 +252,7 @@ def _single_tensor_adagrad(
             std_values = s.sparse_mask(g)._values().sqrt_().add_(eps)  # sqrt(s_t) + eps
             theta.add_(
                 torch.sparse_coo_tensor(indices, values / std_values, g.size(), check_invariants=False),
-                alpha=-lr_t,
+                alpha=-lr_t,  # type: ignore[arg-type]  # (a 0-dim Tensor with a Tensor lr)
             )
         else:
             theta, g, s = _real(theta), _real(g), _real(s)
@@ -262,7 +261,7 @@ def _single_tensor_adagrad(
             # sqrt(s_t) + eps; out of place when autograd records the step
             # (differentiable=True), as sqrt's backward reads its output
             std = std + eps if torch.is_grad_enabled() else std.add_(eps)
-            theta.addcdiv_(g, std, value=-lr_t)  # theta_t = theta_{t-1} - eta_t * g_t / std
+            theta.addcdiv_(g, std, value=-lr_t)  # type: ignore[arg-type]  # theta_t = theta_{t-1} - eta_t * g_t / std
 
 
 def _multi_tensor_adagrad(
@@ -304,7 +303,7 @@ def _multi_tensor_adagrad(
             torch._foreach_mul_(g_list, minus_lr_t)  # reuse our own copy
             numerator = g_list
         else:
-            numerator = torch._foreach_mul(g_list, minus_lr_t)
+            numerator = torch._foreach_mul(g_list, minus_lr_t)  # type: ignore[assignment]  # a list (stubs: tuple)
         torch._foreach_addcdiv_(p_list, numerator, std)
 
 

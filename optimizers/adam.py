@@ -19,10 +19,7 @@ from ._base import (
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
-    _check_betas,
     _check_impl_flags,
-    _check_lr,
-    _check_nonnegative,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -31,6 +28,7 @@ from ._base import (
     _step_values,
     _view_as_real_lists,
 )
+from ._torch_phrases import check_betas, check_lr, check_nonnegative
 
 __all__ = ["Adam", "AdamW", "adam", "adamw"]
 
@@ -157,10 +155,11 @@ class Adam(OptimizerBase):
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        _check_lr(lr)
-        betas = _check_betas(betas)
-        _check_nonnegative("eps", eps)
-        _check_nonnegative("weight_decay", weight_decay)
+        _check_tensor_hyperparameters(lr, betas, foreach=foreach)
+        check_lr(lr)
+        betas = check_betas(betas)
+        check_nonnegative("eps", eps, "epsilon")
+        check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
             type(self).__name__,
             foreach=foreach,
@@ -281,6 +280,38 @@ class AdamW(Adam):
         super().__setstate__(state)
         for group in self.param_groups:
             group["decoupled_weight_decay"] = True
+
+
+def _check_tensor_hyperparameters(lr: Any, betas: Any, *, foreach: bool | None) -> None:
+    """torch.optim.Adam's rules for tensor ``betas``, with its phrases.
+
+    A tensor ``beta`` is refused with ``foreach=True`` (torch's multi-tensor
+    Adam takes them only with ``capturable=True``, which this package does not
+    implement); ``betas`` are both numbers or both tensors, each with one
+    element. (A tensor ``lr`` works on both paths here.)
+    """
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        return  # check_betas explains
+    kinds = [isinstance(b, Tensor) for b in betas]
+    if kinds[0] != kinds[1]:
+        raise ValueError(
+            f"Invalid betas: {betas!r} (must be two numbers or two Tensors) "
+            "[torch.optim: betas must be either both floats or both Tensors]"
+        )
+    for i, b in enumerate(betas):
+        if not isinstance(b, Tensor):
+            continue
+        if foreach:
+            raise ValueError(
+                f"Invalid betas[{i}]: a Tensor with foreach=True (must be a float with "
+                f"foreach=True, or leave foreach=None) [torch.optim: betas[{i}] as a Tensor "
+                "is not supported for capturable=False and foreach=True]"
+            )
+        if b.numel() != 1:
+            raise ValueError(
+                f"Invalid betas[{i}]: a Tensor of shape {tuple(b.shape)} (must be "
+                f"1-element) [torch.optim: Tensor betas[{i}] must be 1-element]"
+            )
 
 
 # --------------------------------------------------------------------------- #
@@ -420,7 +451,7 @@ def _single_tensor_adam(
 
         # with differentiable=True, addcdiv's backward keeps m: the next step's
         # in-place update of the state must not change the saved tensor
-        theta.addcdiv_(m.clone() if differentiable else m, denom, value=-lr / bias_correction1)  # theta_t = theta - eta/(1-beta1^t) * m_t / denom
+        theta.addcdiv_(m.clone() if differentiable else m, denom, value=-lr / bias_correction1)  # type: ignore[arg-type]  # theta_t = theta - eta/(1-beta1^t) * m_t / denom (a Tensor lr works)
 
 
 def _multi_tensor_adam(

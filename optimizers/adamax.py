@@ -17,10 +17,7 @@ from ._base import (
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
-    _check_betas,
     _check_impl_flags,
-    _check_lr,
-    _check_nonnegative,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -29,6 +26,7 @@ from ._base import (
     _step_values,
     _view_as_real_lists,
 )
+from ._torch_phrases import check_betas, check_lr, check_nonnegative
 
 __all__ = ["Adamax", "adamax"]
 
@@ -102,10 +100,10 @@ class Adamax(OptimizerBase):
         differentiable: bool = False,
         capturable: bool = False,
     ) -> None:
-        _check_lr(lr)
-        betas = _check_betas(betas)
-        _check_nonnegative("eps", eps)
-        _check_nonnegative("weight_decay", weight_decay)
+        check_lr(lr)
+        betas = check_betas(betas)
+        check_nonnegative("eps", eps, "epsilon")
+        check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
             "Adamax", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
@@ -223,7 +221,7 @@ def _single_tensor_adamax(
         step_size = lr / (1 - beta1 ** step_t.item())  # eta / (1 - beta1^t)
         if differentiable:  # addcdiv's backward keeps m and u: the next step updates them in place
             m, u = m.clone(), u.clone()
-        theta.addcdiv_(m, u, value=-step_size)  # theta_t = theta_{t-1} - step_size * m_t / u_t
+        theta.addcdiv_(m, u, value=-step_size)  # type: ignore[arg-type]  # theta_t = theta_{t-1} - step_size * m_t / u_t (step_size: a float, or a 0-dim Tensor with a Tensor lr)
 
 
 def _multi_tensor_adamax(
@@ -257,7 +255,7 @@ def _multi_tensor_adamax(
             abs_g = torch._foreach_abs(g_list)  # g_list are the caller's gradients
         else:
             torch._foreach_abs_(g_list)
-            abs_g = g_list
+            abs_g = g_list  # type: ignore[assignment]  # (stubs: _foreach_abs returns a tuple)
         torch._foreach_add_(abs_g, eps)
         torch._foreach_maximum_(u_list, abs_g)
 

@@ -18,10 +18,7 @@ from ._base import (
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
-    _check_betas,
     _check_impl_flags,
-    _check_lr,
-    _check_nonnegative,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -31,6 +28,7 @@ from ._base import (
     _step_values,
     _view_as_real_lists,
 )
+from ._torch_phrases import check_betas, check_lr, check_nonnegative
 
 __all__ = ["NAdam", "nadam"]
 
@@ -129,11 +127,11 @@ class NAdam(OptimizerBase):
         capturable: bool = False,
         differentiable: bool = False,
     ) -> None:
-        _check_lr(lr)
-        betas = _check_betas(betas)
-        _check_nonnegative("eps", eps)
-        _check_nonnegative("weight_decay", weight_decay)
-        _check_nonnegative("momentum_decay", momentum_decay)
+        check_lr(lr)
+        betas = check_betas(betas)
+        check_nonnegative("eps", eps, "epsilon")
+        check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("momentum_decay", momentum_decay)
         _check_impl_flags(
             "NAdam", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
@@ -301,8 +299,8 @@ def _single_tensor_nadam(
         denom = denom + eps if differentiable else denom.add_(eps)
 
         pi = mu_product.item()
-        theta.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - pi))
-        theta.addcdiv_(m.clone() if differentiable else m, denom, value=(-lr * mu_next) / (1.0 - pi * mu_next))
+        theta.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - pi))  # type: ignore[arg-type]  # a 0-dim Tensor lr works
+        theta.addcdiv_(m.clone() if differentiable else m, denom, value=(-lr * mu_next) / (1.0 - pi * mu_next))  # type: ignore[arg-type]  # a 0-dim Tensor lr works
 
 
 def _multi_tensor_nadam(

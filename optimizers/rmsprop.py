@@ -18,8 +18,6 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
-    _check_lr,
-    _check_nonnegative,
     _check_range,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -28,6 +26,7 @@ from ._base import (
     _resolve_impl,
     _view_as_real_lists,
 )
+from ._torch_phrases import check_lr, check_nonnegative, torch_phrase
 
 __all__ = ["RMSprop", "rmsprop"]
 
@@ -117,11 +116,12 @@ class RMSprop(OptimizerBase):
         maximize: bool = False,
         differentiable: bool = False,
     ) -> None:
-        _check_lr(lr)
-        _check_range("alpha", alpha, 0.0, 1.0)
-        _check_nonnegative("eps", eps)
-        _check_nonnegative("weight_decay", weight_decay)
-        _check_nonnegative("momentum", momentum)
+        check_lr(lr)
+        with torch_phrase(f"Invalid alpha value: {alpha}"):
+            _check_range("alpha", alpha, 0.0, 1.0)
+        check_nonnegative("eps", eps, "epsilon")
+        check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("momentum", momentum)
         _check_impl_flags(
             "RMSprop", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,

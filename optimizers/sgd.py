@@ -7,6 +7,7 @@ functional core.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,12 +20,11 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
-    _check_lr,
-    _check_nonnegative,
     _group_by_device_and_dtype,
     _real_number,
     _resolve_impl,
 )
+from ._torch_phrases import check_lr, check_nonnegative
 
 __all__ = ["SGD", "sgd"]
 
@@ -123,10 +123,10 @@ class SGD(OptimizerBase):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        _check_lr(lr)
-        _check_nonnegative("momentum", momentum)
+        check_lr(lr)
+        check_nonnegative("momentum", momentum)
         _real_number("dampening", dampening)
-        _check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("weight_decay", weight_decay)
         if nesterov and not momentum > 0:
             raise ValueError(
                 f"Invalid momentum: {momentum!r} (must be > 0 when nesterov=True)"
@@ -277,7 +277,7 @@ def _multi_tensor_sgd(
 ) -> None:
     if not params:
         return
-    lists = [params, grads, momentum_buffers if momentum != 0 else []]
+    lists: list[Sequence[Tensor | None]] = [params, grads, momentum_buffers if momentum != 0 else []]
     buckets = _group_by_device_and_dtype(lists, with_indices=True)
     for (p_list, g_list, m_list), indices in buckets.values():
         if has_sparse_grad and any(g.is_sparse for g in g_list):
@@ -336,6 +336,7 @@ def _fused_sgd(
         raise RuntimeError("SGD with fused=True does not support sparse gradients")
     # The kernel takes one is_first_step flag per call (m_1 = g_1 when True):
     # parameters whose buffer starts now go in a separate call.
+    parts: list[tuple[list[Tensor], list[Tensor], list[Tensor | None], bool]]
     if momentum == 0:
         parts = [(params, grads, [], False)]
     else:
