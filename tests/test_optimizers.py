@@ -614,6 +614,8 @@ def test_unimplemented_flags_are_refused(info, flag):
 
     if flag not in inspect.signature(info.cls.__init__).parameters:
         pytest.skip(f"{info.name} has no {flag} argument")
+    if flag == "differentiable" and getattr(info.cls, "_differentiable_supported", False):
+        pytest.skip(f"{info.name} supports differentiable=True (tests/test_differentiable.py)")
     with pytest.raises(ValueError, match=f"Invalid {flag}"):
         info.cls(make_model().parameters(), **{flag: True})
 
