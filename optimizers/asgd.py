@@ -316,7 +316,7 @@ def _multi_tensor_asgd(
             g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
             torch._foreach_add_(g_list, p_list, alpha=lambd)
         else:
-            g_list = torch._foreach_add(g_list, p_list, alpha=lambd)
+            g_list = torch._foreach_add(g_list, p_list, alpha=lambd)  # type: ignore[assignment]  # a list (stubs: tuple)
         torch._foreach_addcmul_(p_list, g_list, eta_list, value=-1)
         del g_list
 
