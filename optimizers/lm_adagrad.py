@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 from ._base import (
     _foreach_l2_grads,
@@ -518,7 +519,7 @@ class LMAdagrad(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         history_size: int = 10,
         eps: float = 1e-6,
@@ -719,7 +720,7 @@ class FullMatrixAdagrad(OptimizerBase):
 
     def __init__(
         self,
-        params: Any,
+        params: ParamsT,
         lr: float | Tensor = 1e-2,
         eps: float = 1e-6,
         history_size: int | None = None,
