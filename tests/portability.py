@@ -8,9 +8,10 @@ machine behave like the others:
 
 * ``scalar``: torch's scalar kernels (``ATEN_CPU_CAPABILITY=default``), MKL's conditional
   numerical reproducibility path (``MKL_CBWR=COMPATIBLE``: different BLAS bits from the default
-  path on every CPU), and NumPy without any of its dispatched SIMD features (SSE baseline only);
-* ``avx2``: torch's AVX2 kernels and NumPy without its AVX-512 features, which is what an
-  AVX2-only machine runs. It is skipped where the machine has no AVX-512, because there the
+  path on every CPU), NumPy without any of its dispatched SIMD features (SSE baseline only), and
+  OpenBLAS's generic x86-64 kernels (``OPENBLAS_CORETYPE=Prescott``; NumPy's and SciPy's BLAS);
+* ``avx2``: torch's AVX2 kernels, NumPy without its AVX-512 features and OpenBLAS's Haswell
+  kernels, which is what an AVX2-only machine runs. It is skipped where the machine has no AVX-512, because there the
   normal run already is this variant.
 
 Each notebook is re-executed in a separate pytest process with the variant's environment (the
@@ -45,10 +46,11 @@ def variant_env(name: str) -> dict[str, str]:
     dispatched = _numpy_dispatched()
     if name == "scalar":
         return {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE",
-                "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched)}
+                "NPY_DISABLE_CPU_FEATURES": " ".join(dispatched), "OPENBLAS_CORETYPE": "Prescott"}
     if name == "avx2":
         wide = [f for f in dispatched if "AVX512" in f or f == "X86_V4"]
-        return {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": " ".join(wide)}
+        return {"ATEN_CPU_CAPABILITY": "avx2", "NPY_DISABLE_CPU_FEATURES": " ".join(wide),
+                "OPENBLAS_CORETYPE": "Haswell"}
     raise ValueError(f"unknown variant {name!r}")
 
 
@@ -88,16 +90,21 @@ def check_variant_takes_effect(name: str) -> None:
     reason = skip_reason(name)
     if reason:
         pytest.skip(reason)
-    probe = ("import json, torch\n"
+    probe = ("import json, torch, threadpoolctl\n"
              "import numpy._core._multiarray_umath as m\n"
+             "blas = [i.get('architecture') for i in threadpoolctl.threadpool_info()\n"
+             "        if i['internal_api'] == 'openblas']\n"
              "print(json.dumps([torch.backends.cpu.get_cpu_capability(),\n"
-             "                  [k for k in m.__cpu_dispatch__ if m.__cpu_features__.get(k)]]))")
+             "                  [k for k in m.__cpu_dispatch__ if m.__cpu_features__.get(k)], blas]))")
     out = subprocess.run([sys.executable, "-W", "error::ImportWarning", "-c", probe],
                          env={**os.environ, **variant_env(name)}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr     # NumPy warns (here: fails) on a feature it cannot disable
-    capability, numpy_features = json.loads(out.stdout)
+    capability, numpy_features, blas = json.loads(out.stdout)
+    assert blas, "NumPy's OpenBLAS not found"
     if name == "scalar":
         assert (capability, numpy_features) == ("DEFAULT", [])
+        assert set(blas) <= {"Prescott", "Katmai"}, blas   # OpenBLAS names its generic kernels Katmai
     else:
         assert capability == "AVX2"
         assert not [f for f in numpy_features if "AVX512" in f or f == "X86_V4"]
+        assert set(blas) == {"Haswell"}, blas
