@@ -114,6 +114,9 @@ def load(browser, site, name: str, width: int) -> dict:
       return {
         merrors: [...document.querySelectorAll('mjx-merror')].map(e => e.textContent),
         typeset: document.querySelectorAll('mjx-container').length,
+        // text inside formulas (\\text, \\texttt) that still shows a TeX escape such as \\_
+        math_text_escapes: [...document.querySelectorAll('mjx-assistive-mml mtext')]
+          .map(e => e.textContent).filter(t => t.includes('\\')),
         raw_tables: prose.map(el => el.textContent.trim()).filter(t =>
           /\|\s*:?[-\u2013\u2014]+:?\s*\|/.test(t) ||
           t.split('\n').filter(line => /^\s*\|.*\|\s*$/.test(line)).length >= 2),
@@ -135,6 +138,7 @@ def load(browser, site, name: str, width: int) -> dict:
 def test_math_is_typeset_without_errors(browser, site, name):
     page = load(browser, site, name, 1400)
     assert page["merrors"] == []
+    assert page["math_text_escapes"] == [], "a TeX escape shown as text inside a formula"
     source = (ROOT / "book" / f"{name}.ipynb")
     if source.exists() and "$" in source.read_text():
         assert page["typeset"] > 0, "the page has math but MathJax typeset none of it"
