@@ -10,6 +10,7 @@ r"""A2Grad: adaptive and accelerated stochastic gradient descent (Deng, Cheng an
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -351,6 +352,17 @@ def _coefficients(t: float, *, beta: float, lips: float, rho: float, variant: st
     }
 
 
+def _global(norm: Tensor) -> Tensor:
+    """A norm as a plain tensor: for a sharded DTensor (FSDP2) the norm of the whole
+    tensor, reduced across the mesh (``full_tensor``), so that it can update the
+    plain 0-dim state ``v`` in place; ``norm`` itself otherwise."""
+    # no DTensor exists before torch.distributed.tensor is imported (importing it costs seconds)
+    module = sys.modules.get("torch.distributed.tensor")
+    if module is not None and isinstance(norm, module.DTensor):
+        return norm.full_tensor()
+    return norm
+
+
 def _single_tensor_a2grad(
     params: list[Tensor],
     grads: list[Tensor],
@@ -390,7 +402,7 @@ def _single_tensor_a2grad(
         # and g_bar_k = g_k - w d_k. g_bar first holds -d_k, then g_bar_k.
         g_bar.sub_(g)  # -d_k
         # element-wise d_k, or the tensor's norm ||d_k||; then delta_k^2 = w^2 d^2
-        d = g_bar if per_coordinate else torch.linalg.vector_norm(g_bar)
+        d = g_bar if per_coordinate else _global(torch.linalg.vector_norm(g_bar))
         if variant == "uni":
             v.addcmul_(d, d, value=c["w2"])  # v_k = v_{k-1} + delta_k^2
         elif variant == "inc":

@@ -222,12 +222,13 @@ def rprop(
     )
 
 
-def _signs_to_factors_(s: Tensor, etaminus: float, etaplus: float) -> Tensor:
-    """In place: the sign s_t of g_t * p_t becomes the step-size factor eta+, eta- or 1."""
-    s[s.gt(0)] = etaplus
-    s[s.lt(0)] = etaminus
-    s[s.eq(0)] = 1
-    return s
+def _signs_to_factors(s: Tensor, etaminus: float, etaplus: float) -> Tensor:
+    """The sign s_t of g_t * p_t as the step-size factor eta+, eta- or 1 (a new tensor; a NaN stays NaN).
+
+    ``torch.where`` rather than masked assignment (``s[mask] = v``, aten.index_put_),
+    which DTensor refuses on a sharded tensor (FSDP2); the values are the same.
+    """
+    return torch.where(s.gt(0), etaplus, torch.where(s.lt(0), etaminus, torch.where(s.eq(0), 1.0, s)))
 
 
 def _single_tensor_rprop(
@@ -253,12 +254,11 @@ def _single_tensor_rprop(
         # with differentiable=True, tensors that autograd saves are cloned: the
         # state is updated in place afterwards (prev below, delta at the next step)
         differentiable = torch.is_grad_enabled()
-        factor = _signs_to_factors_(
+        factor = _signs_to_factors(
             g.mul(prev.clone() if differentiable else prev).sign(), etaminus, etaplus
         )  # s_t = sign(g_t p_t) -> eta+, eta-, 1
         delta.mul_(factor).clamp_(step_size_min, step_size_max)  # Delta_{t+1}
-        g = g.clone(memory_format=torch.preserve_format)
-        g[factor.eq(etaminus)] = 0  # sign change: this coordinate pauses
+        g = g.masked_fill(factor.eq(etaminus), 0)  # sign change: this coordinate pauses (a new tensor)
 
         theta.addcmul_(g.sign(), delta.clone() if differentiable else delta, value=-1)  # theta_{t+1} = theta_t - sign(p_{t+1}) * Delta_{t+1}
         prev.copy_(g)  # p_{t+1}
@@ -289,19 +289,23 @@ def _multi_tensor_rprop(
         factors = torch._foreach_mul(g_list, prev_list)
         if maximize:
             torch._foreach_neg_(factors)
-        # p_{t+1} is written straight into the state (the caller's grads stay untouched)
-        torch._foreach_copy_(prev_list, g_list)
+        # p_{t+1} is written straight into the state (the caller's grads stay untouched);
+        # DTensor (FSDP2) has no sharding rule for _foreach_copy_, so copy one by one there
+        if any(type(t).__name__ == "DTensor" for t in prev_list):
+            for prev_t, g_t in zip(prev_list, g_list):
+                prev_t.copy_(g_t)
+        else:
+            torch._foreach_copy_(prev_list, g_list)
         if maximize:
             torch._foreach_neg_(prev_list)
 
         torch._foreach_sign_(factors)
-        for s in factors:
-            _signs_to_factors_(s, etaminus, etaplus)
-        torch._foreach_mul_(delta_list, factors)
+        factor_list = [_signs_to_factors(s, etaminus, etaplus) for s in factors]
+        torch._foreach_mul_(delta_list, factor_list)
         torch._foreach_clamp_min_(delta_list, step_size_min)
         torch._foreach_clamp_max_(delta_list, step_size_max)
 
-        for g, s in zip(prev_list, factors):
+        for g, s in zip(prev_list, factor_list):
             g.masked_fill_(s.eq(etaminus), 0)
-        del factors
+        del factors, factor_list
         torch._foreach_addcmul_(p_list, torch._foreach_sign(prev_list), delta_list, value=-1)

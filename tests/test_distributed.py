@@ -58,8 +58,8 @@ Exclusions, each tested for what happens instead:
   was, by 3e-4 to 1.5e-2, until its eigenbasis got a deterministic convention
   inside repeated eigenvalues, see ``optimizers/soap.py``).
 * ``KNOWN_FSDP2_FAILURES`` (strict xfail): other modules of the package that
-  these tests found failing under FSDP2 (Rprop; Adafactor; A2Grad's
-  single-tensor path with ``per_coordinate=False``), with the reason.
+  these tests found failing under FSDP2 (Adafactor: its row and column
+  statistics of a sharded matrix), with the reason.
 
 LMAdagrad under FSDP2 is also checked to need its all-reduce (leaving it out
 moves the run far outside ``TOL``) and, with a NaN in one rank's shard, to
@@ -112,12 +112,8 @@ FAIL_AS_TORCH = {"LBFGS": "it flattens all parameters into one vector, which DTe
 #: failures of other modules of the package under FSDP2, found by these tests
 #: (strict: the test says so when they are fixed)
 KNOWN_FSDP2_FAILURES = {
-    "Rprop": "optimizers/rprop.py: an in-place masked assignment (aten.index_put_) on a sharded "
-             "DTensor, which DTensor refuses",
     "Adafactor": "optimizers/adafactor.py: in-place ops on row/column statistics whose placement "
                  "is a pending norm reduction (_NormPartial)",
-    "A2Grad/per_coordinate=False": "optimizers/a2grad.py, single-tensor path: an in-place pow_ "
-                                   "on a norm whose placement is a pending reduction (_NormPartial)",
 }
 
 
@@ -221,9 +217,6 @@ def _known_failure(case: dict[str, Any], mode: str) -> str | None:
         return None
     if case["info"] in KNOWN_FSDP2_FAILURES:
         return KNOWN_FSDP2_FAILURES[case["info"]]
-    if (case["info"] == "A2Grad" and case["kwargs"].get("per_coordinate") is False
-            and not case["kwargs"].get("foreach")):
-        return KNOWN_FSDP2_FAILURES["A2Grad/per_coordinate=False"]
     return None
 
 
