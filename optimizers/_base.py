@@ -648,8 +648,19 @@ class OptimizerBase(Optimizer):
         return params, grads, has_sparse, has_complex
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As :meth:`torch.optim.Optimizer.add_param_group`, then :meth:`_check_new_group` on the
+        group as torch completed it; a group the check refuses is removed again, so a refused
+        group leaves the optimizer as it was."""
         super().add_param_group(param_group)
+        try:
+            self._check_new_group(len(self.param_groups) - 1, self.param_groups[-1])
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
         self._fused_checked = False  # new params: check them before a fused step
+
+    def _check_new_group(self, index: int, group: dict[str, Any]) -> None:
+        """Refuse (``TypeError`` / ``ValueError``) what a class cannot optimize in a new group."""
 
     def _check_fused_once(self, group: dict[str, Any]) -> None:
         """For a ``fused`` group, check all fused groups' params once.

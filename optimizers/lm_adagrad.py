@@ -87,14 +87,14 @@ def _local(t: Tensor) -> Tensor:
     return t.to_local() if _is_dtensor(t) else t
 
 
-def _check_no_dtensor(name: str, group_index: int, params: list[Tensor]) -> None:
+def _check_no_dtensor(name: str, group_index: int, params: list[Tensor], why: str) -> None:
+    """Raise ``TypeError`` for a DTensor parameter (FSDP2 shards), naming where it is and ``why``."""
     for j, p in enumerate(params):
         if _is_dtensor(p):
             raise TypeError(
                 f"{name} does not support DTensor parameters, but "
                 f"param_groups[{group_index}]['params'][{j}] is a DTensor with placements "
-                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): the d x d matrix A_t "
-                "couples every entry of a tensor with every other, across shards. Keep such "
+                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): {why}. Keep such "  # type: ignore[attr-defined]  # a DTensor
                 "parameters out of fully_shard, or optimize them with another optimizer"
             )
 
@@ -580,16 +580,11 @@ class LMAdagrad(OptimizerBase):
         "matrix k^2 float64 numbers per tensor"
     )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing (``ValueError``,
-        with the number of bytes) a state that cannot fit in the device's memory."""
-        super().add_param_group(param_group)
-        try:
-            _check_state_memory(type(self).__name__, self.param_groups, _lm_state_bytes,
-                                self._MEMORY_ADVICE)
-        except ValueError:
-            self.param_groups.pop()
-            raise
+    def _check_new_group(self, index: int, group: dict[str, Any]) -> None:
+        """Refuse (``ValueError``, with the number of bytes) a state that cannot fit in the
+        device's memory."""
+        _check_state_memory(type(self).__name__, self.param_groups, _lm_state_bytes,
+                            self._MEMORY_ADVICE)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -754,19 +749,14 @@ class FullMatrixAdagrad(OptimizerBase):
         "tensors only, and LMAdagrad for large ones"
     )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing DTensor
-        parameters (``TypeError``) and a state that cannot fit in the device's
-        memory (``ValueError``, with the number of bytes)."""
-        super().add_param_group(param_group)
-        try:
-            _check_no_dtensor(type(self).__name__, len(self.param_groups) - 1,
-                              self.param_groups[-1]["params"])
-            _check_state_memory(type(self).__name__, self.param_groups, _full_state_bytes,
-                                self._MEMORY_ADVICE)
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
+    def _check_new_group(self, index: int, group: dict[str, Any]) -> None:
+        """Refuse DTensor parameters (``TypeError``) and a state that cannot fit in the
+        device's memory (``ValueError``, with the number of bytes)."""
+        _check_no_dtensor(type(self).__name__, index, group["params"],
+                          "the d x d matrix A_t couples every entry of a tensor with every other, "
+                          "across shards")
+        _check_state_memory(type(self).__name__, self.param_groups, _full_state_bytes,
+                            self._MEMORY_ADVICE)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         k = group["history_size"]

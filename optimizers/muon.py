@@ -16,7 +16,7 @@ from torch.optim.optimizer import ParamsT
 
 from ._base import OptimizerBase, _as_float, _check_impl_flags, _real_number, _resolve_impl
 from ._torch_phrases import check_lr, check_nonnegative, torch_phrase
-from .lm_adagrad import _is_dtensor
+from .lm_adagrad import _check_no_dtensor
 
 __all__ = ["Muon", "muon", "zeropower_via_newtonschulz", "adjusted_lr"]
 
@@ -25,18 +25,6 @@ DEFAULT_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 DEFAULT_EPS = 1e-7
 DEFAULT_NS_STEPS = 5
 _ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
-
-
-def _refuse_dtensor(name: str, group_index: int, params: list[Tensor], why: str) -> None:
-    """Raise ``TypeError`` for a DTensor parameter (FSDP2 shards), naming where it is."""
-    for j, p in enumerate(params):
-        if _is_dtensor(p):
-            raise TypeError(
-                f"{name} does not support DTensor parameters, but "
-                f"param_groups[{group_index}]['params'][{j}] is a DTensor with placements "
-                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): {why}. Keep such "  # type: ignore[attr-defined]  # a DTensor
-                "parameters out of fully_shard, or optimize them with another optimizer"
-            )
 
 
 class Muon(OptimizerBase):
@@ -170,25 +158,19 @@ class Muon(OptimizerBase):
         )
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing parameters that
-        are not 2-D (``ValueError``, torch's message) and DTensors (``TypeError``)."""
-        super().add_param_group(param_group)
-        params = self.param_groups[-1]["params"]
-        try:
-            _refuse_dtensor("Muon", len(self.param_groups) - 1, params,
-                            "the Newton-Schulz iteration multiplies whole matrices")
-            for j, p in enumerate(params):
-                if p.ndim != 2:
-                    raise ValueError(
-                        f"Invalid params: param_groups[{len(self.param_groups) - 1}]['params'][{j}] "
-                        f"has {p.ndim} dimensions (must be a 2-D matrix; give biases, gains, "
-                        "embeddings and the output head to AdamW). [torch.optim: Muon only "
-                        f"supports 2D parameters whereas we found a parameter with size: {p.size()}]"
-                    )
-        except (TypeError, ValueError):
-            self.param_groups.pop()
-            raise
+    def _check_new_group(self, index: int, group: dict[str, Any]) -> None:
+        """Refuse DTensors (``TypeError``) and parameters that are not 2-D (``ValueError``,
+        torch's message)."""
+        _check_no_dtensor("Muon", index, group["params"],
+                          "the Newton-Schulz iteration multiplies whole matrices")
+        for j, p in enumerate(group["params"]):
+            if p.ndim != 2:
+                raise ValueError(
+                    f"Invalid params: param_groups[{index}]['params'][{j}] "
+                    f"has {p.ndim} dimensions (must be a 2-D matrix; give biases, gains, "
+                    "embeddings and the output head to AdamW). [torch.optim: Muon only "
+                    f"supports 2D parameters whereas we found a parameter with size: {p.size()}]"
+                )
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"momentum_buffer": torch.zeros_like(p, memory_format=torch.preserve_format)}

@@ -25,7 +25,7 @@ from ._base import (
     _resolve_impl,
 )
 from .shampoo import _check_frequency, _gather_real_dense, matrix_shape, stats_dtype
-from .muon import _refuse_dtensor
+from .lm_adagrad import _check_no_dtensor
 
 __all__ = ["SOAP", "soap"]
 
@@ -176,15 +176,10 @@ class SOAP(OptimizerBase):
         )
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As :meth:`torch.optim.Optimizer.add_param_group`, refusing DTensors (``TypeError``)."""
-        super().add_param_group(param_group)
-        try:
-            _refuse_dtensor(type(self).__name__, len(self.param_groups) - 1, self.param_groups[-1]["params"],
-                            "the left and right statistics need whole rows and columns of the gradient")
-        except TypeError:
-            self.param_groups.pop()
-            raise
+    def _check_new_group(self, index: int, group: dict[str, Any]) -> None:
+        """Refuse DTensors (``TypeError``)."""
+        _check_no_dtensor(type(self).__name__, index, group["params"],
+                          "the left and right statistics need whole rows and columns of the gradient")
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return init_state(p, group["max_precond_dim"])

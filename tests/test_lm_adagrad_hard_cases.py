@@ -289,6 +289,6 @@ def test_full_matrix_adagrad_refuses_dtensor_parameters():
 
 
 def test_dtensor_check_passes_plain_tensors():
-    lm._check_no_dtensor("FullMatrixAdagrad", 0, [torch.zeros(2), torch.nn.Parameter(torch.zeros(1))])
+    lm._check_no_dtensor("FullMatrixAdagrad", 0, [torch.zeros(2), torch.nn.Parameter(torch.zeros(1))], "why")
     assert not lm._is_dtensor(torch.zeros(1))
     assert math.isfinite(float(optimizers.FullMatrixAdagrad([torch.zeros(2, requires_grad=True)]).defaults["lr"]))
