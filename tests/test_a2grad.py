@@ -14,40 +14,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import optimizers
+from reference_problem import make_model, minibatches, run_model
 
 torch_optimizer = pytest.importorskip("torch_optimizer")
 
 VARIANTS = ("uni", "inc", "exp")
 REF = {"uni": "A2GradUni", "inc": "A2GradInc", "exp": "A2GradExp"}
 TOL = dict(rtol=1e-10, atol=1e-12)
-
-
-def make_model(seed: int = 0, dtype=torch.float64) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-    return model.to(dtype)
-
-
-def minibatches(steps: int, seed: int = 1, dtype=torch.float64):
-    """A fixed sequence of noisy minibatches (so that delta_k really varies)."""
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(256, 5, generator=gen, dtype=dtype)
-    Y = torch.sin(X[:, :3]) + 0.3 * torch.randn(256, 3, generator=gen, dtype=dtype)
-    idx = torch.randint(0, 256, (steps, 16), generator=gen)
-    return [(X[i], Y[i]) for i in idx]
-
-
-def run_model(model, opt, batches):
-    for xb, yb in batches:
-        opt.zero_grad()
-        ((model(xb) - yb) ** 2).mean().backward()
-        opt.step()
 
 
 # --------------------------------------------------------------------------- #

@@ -14,9 +14,11 @@ import inspect
 
 import pytest
 import torch
-from torch import nn
 
 import optimizers
+from reference_problem import make_model as _make_model
+from reference_problem import minibatches as _minibatches
+from reference_problem import run_model
 from optimizers.lion import lion
 
 lion_pytorch = pytest.importorskip("lion_pytorch")
@@ -26,31 +28,12 @@ RefLion = lion_pytorch.Lion
 TOL = dict(rtol=1e-12, atol=1e-14)
 
 
-def make_model(seed: int = 0, dtype=torch.float64) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-    return model.to(dtype)
+def make_model(seed: int = 0):
+    return _make_model(seed, n_in=6, hidden=12)
 
 
-def minibatches(steps: int, seed: int = 1, dtype=torch.float64):
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(256, 6, generator=gen, dtype=dtype)
-    Y = torch.sin(X[:, :3]) + 0.3 * torch.randn(256, 3, generator=gen, dtype=dtype)
-    idx = torch.randint(0, 256, (steps, 16), generator=gen)
-    return [(X[i], Y[i]) for i in idx]
-
-
-def run_model(model, opt, batches, lr_schedule=None):
-    for k, (xb, yb) in enumerate(batches):
-        if lr_schedule is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr_schedule(k)
-        opt.zero_grad()
-        ((model(xb) - yb) ** 2).mean().backward()
-        opt.step()
+def minibatches(steps: int, seed: int = 1):
+    return _minibatches(steps, seed, n_in=6)
 
 
 CONFIGS = {

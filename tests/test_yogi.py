@@ -14,38 +14,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import optimizers
+from reference_problem import make_model, run_model
+from reference_problem import minibatches as _minibatches
 
 torch_optimizer = pytest.importorskip("torch_optimizer")
 
 TOL = dict(rtol=1e-12, atol=1e-14)
 
 
-def make_model(seed: int = 0, dtype=torch.float64) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
-    return model.to(dtype)
-
-
-def minibatches(steps: int, seed: int = 1, dtype=torch.float64):
-    """A fixed sequence of noisy minibatches: gradients change size, so v moves both ways."""
-    gen = torch.Generator().manual_seed(seed)
-    X = torch.randn(256, 5, generator=gen, dtype=dtype)
-    Y = torch.sin(X[:, :3]) + 0.3 * torch.randn(256, 3, generator=gen, dtype=dtype)
-    idx = torch.randint(0, 256, (steps, 8), generator=gen)
-    return [(X[i], Y[i]) for i in idx]
-
-
-def run_model(model, opt, batches):
-    for xb, yb in batches:
-        opt.zero_grad()
-        ((model(xb) - yb) ** 2).mean().backward()
-        opt.step()
+def minibatches(steps: int, seed: int = 1):
+    """Minibatches of 8: gradients change size, so v moves both ways."""
+    return _minibatches(steps, seed, batch=8)
 
 
 CONFIGS = [
