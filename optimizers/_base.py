@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast, overload
 
@@ -475,6 +476,14 @@ def _foreach_adam_moments(exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], gra
     torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a DTensor (an FSDP2 shard)."""
+    # no DTensor can exist before torch.distributed.tensor is imported, and
+    # importing it here would cost seconds
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def _real(t: Tensor) -> Tensor:

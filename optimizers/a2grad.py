@@ -10,7 +10,6 @@ r"""A2Grad: adaptive and accelerated stochastic gradient descent (Deng, Cheng an
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _is_dtensor,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -356,11 +356,7 @@ def _global(norm: Tensor) -> Tensor:
     """A norm as a plain tensor: for a sharded DTensor (FSDP2) the norm of the whole
     tensor, reduced across the mesh (``full_tensor``), so that it can update the
     plain 0-dim state ``v`` in place; ``norm`` itself otherwise."""
-    # no DTensor exists before torch.distributed.tensor is imported (importing it costs seconds)
-    module = sys.modules.get("torch.distributed.tensor")
-    if module is not None and isinstance(norm, module.DTensor):
-        return norm.full_tensor()
-    return norm
+    return norm.full_tensor() if _is_dtensor(norm) else norm  # type: ignore[attr-defined]  # a DTensor
 
 
 def _single_tensor_a2grad(

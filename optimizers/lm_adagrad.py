@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import numbers
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _is_dtensor,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -73,13 +73,6 @@ def _check_no_differentiable(name: str, differentiable: bool) -> None:
 # --------------------------------------------------------------------------- #
 # Checks shared by both classes: DTensors, memory, non-finite gradients        #
 # --------------------------------------------------------------------------- #
-
-
-def _is_dtensor(t: Tensor) -> bool:
-    # no DTensor can exist before torch.distributed.tensor is imported, and
-    # importing it here would cost seconds
-    module = sys.modules.get("torch.distributed.tensor")
-    return module is not None and isinstance(t, module.DTensor)
 
 
 def _local(t: Tensor) -> Tensor:

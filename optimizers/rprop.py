@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
 from ._base import (
+    _is_dtensor,
     _foreach_flag,
     OptimizerBase,
     _as_float,
@@ -291,7 +292,7 @@ def _multi_tensor_rprop(
             torch._foreach_neg_(factors)
         # p_{t+1} is written straight into the state (the caller's grads stay untouched);
         # DTensor (FSDP2) has no sharding rule for _foreach_copy_, so copy one by one there
-        if any(type(t).__name__ == "DTensor" for t in prev_list):
+        if any(_is_dtensor(t) for t in prev_list):
             for prev_t, g_t in zip(prev_list, g_list):
                 prev_t.copy_(g_t)
         else:
