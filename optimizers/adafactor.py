@@ -6,8 +6,9 @@ r"""Adafactor: factored second moments and relative step sizes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -22,6 +23,7 @@ from ._base import (
     _fmt,
     _group_by_device_and_dtype,
     _increment_steps,
+    _is_dtensor,
     _new_step,
     _real_number,
     _resolve_impl,
@@ -29,6 +31,8 @@ from ._base import (
 from ._torch_phrases import torch_phrase
 
 __all__ = ["Adafactor", "adafactor"]
+
+_T = TypeVar("_T")
 
 
 class Adafactor(OptimizerBase):
@@ -99,6 +103,31 @@ class Adafactor(OptimizerBase):
     second-to-last dimension 1), or ``variance`` (:math:`V_t`), as in
     ``torch.optim.Adafactor``.
 
+    **DTensor parameters (FSDP2's** ``fully_shard``, **or any placements**
+    ``Shard(d)`` **and** ``Replicate`` **on a device mesh)** train as the whole
+    tensor would on one process, up to round-off (float64: 1e-17 in the
+    two-process test of ``tests/test_distributed.py``, with uneven and empty
+    shards). Each rank works on its local shard; every sum over a sharded
+    dimension is a local sum followed by an all-reduce over the mesh
+    dimensions that shard it, and every mean divides by the global length: the
+    RMS of :math:`\theta_t` and of :math:`U_t`, the row means of :math:`g^2`
+    if the last dimension is sharded, the column means and the mean of
+    :math:`R` if the second-to-last is (the case of FSDP2's row shards). That
+    is three all-reduces per step (one per set of process groups), of
+    :math:`k + 3` float64 numbers per :math:`r\times k` matrix sharded by rows
+    (its :math:`k` column sums of :math:`g^2`; one each for
+    :math:`\lVert\theta_t\rVert^2`, the sum of :math:`R` and
+    :math:`\lVert U_t\rVert^2`) and two per vector, whatever ``foreach``
+    says (DTensors always take this path).
+    The state is DTensors on the parameter's mesh: ``row_var`` and
+    ``variance`` sharded as the parameter, ``col_var`` sharded on the leading
+    dimensions and replicated along the mesh dimensions that shard the rows,
+    so ``state_dict()`` and ``load_state_dict()`` work as for any FSDP2
+    optimizer. Other placements (``_StridedShard``, ``Partial``) raise
+    ``TypeError`` at the first step. (``torch.optim.Adafactor`` in torch 2.13
+    raises ``RuntimeError`` under FSDP2: an in-place op on a pending norm
+    reduction.)
+
     Args:
         params: iterable of parameters (or ``(name, parameter)`` pairs) or of
             dicts defining parameter groups.
@@ -163,7 +192,9 @@ class Adafactor(OptimizerBase):
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state: dict[str, Any] = {"step": _new_step()}
-        if p.dim() > 1:
+        if _is_dtensor(p):
+            state.update(_sharded_state(p))
+        elif p.dim() > 1:
             state["row_var"] = p.new_zeros(p.shape[:-1] + (1,))
             state["col_var"] = p.new_zeros(p.shape[:-2] + (1, p.shape[-1]))
         else:
@@ -228,6 +259,20 @@ def adafactor(
     """
     if not all(torch.is_tensor(s) for s in state_steps):
         raise TypeError("state_steps must be a list of 0-dim tensors")
+    sharded = [_is_dtensor(p) for p in params]
+    if any(sharded):  # DTensors (FSDP2): their own path, whatever ``foreach`` says
+        _sharded_adafactor(
+            _where(params, sharded), _where(grads, sharded), _where(row_vars, sharded),
+            _where(col_vars, sharded), _where(variances, sharded), _where(state_steps, sharded),
+            lr=lr, beta2_decay=beta2_decay, eps1=eps1, eps2=eps2, d=d,
+            weight_decay=weight_decay, maximize=maximize,
+        )
+        plain = [not s for s in sharded]
+        params, grads, state_steps = _where(params, plain), _where(grads, plain), _where(state_steps, plain)
+        row_vars, col_vars = _where(row_vars, plain), _where(col_vars, plain)
+        variances = _where(variances, plain)
+        if not params:
+            return
     impl = _resolve_impl(params, foreach)
     func = _multi_tensor_adafactor if impl == "foreach" else _single_tensor_adafactor
     func(
@@ -247,17 +292,24 @@ def adafactor(
     )
 
 
+def _where(items: list[_T], keep: list[bool]) -> list[_T]:
+    """The entries of ``items`` whose ``keep`` is True."""
+    return [x for x, k in zip(items, keep) if k]
+
+
 def _rms(u: Tensor) -> float:
     """RMS(u) = ||u||_2 / sqrt(#u), as a Python float."""
     return u.norm(2).item() / (u.numel() ** 0.5)
 
 
 def _step_scalars(
-    theta: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float
+    theta: Tensor, n: float, lr: float | Tensor, beta2_decay: float, eps2: float,
+    rms: float | None = None,
 ) -> tuple[float, float]:
-    """``(1 - beta2_n, alpha_t)``: the moving averages' weight and the step before clipping."""
+    """``(1 - beta2_n, alpha_t)``: the moving averages' weight and the step before clipping
+    (``rms``: RMS(theta) if already known, as for a sharded tensor)."""
     rho_n = min(lr, 1 / (n**0.5))  # relative step size
-    return n**beta2_decay, max(eps2, _rms(theta)) * rho_n
+    return n**beta2_decay, max(eps2, _rms(theta) if rms is None else rms) * rho_n
 
 
 def _mean_squares(g: Tensor, dim: int) -> Tensor:
@@ -380,3 +432,189 @@ def _multi_tensor_adafactor(
         updates = V_hats
         torch._foreach_mul_(updates, [-a / max(1.0, _rms(u) / d) for a, u in zip(alphas, updates)])
         torch._foreach_add_(p_list, updates)
+
+
+# --------------------------------------------------------------------------- #
+# DTensor parameters (FSDP2): local shards and explicit all-reduces            #
+# --------------------------------------------------------------------------- #
+
+
+def _mesh_shards(p: Tensor) -> list[tuple[int, int]]:
+    """``(mesh dimension, tensor dimension)`` of every ``Shard(d)`` placement of
+    the DTensor ``p`` (``Replicate`` mesh dimensions hold copies: nothing to sum)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    out = []
+    for mesh_dim, placement in enumerate(p.placements):  # type: ignore[attr-defined]  # a DTensor
+        if type(placement) is Shard:
+            out.append((mesh_dim, placement.dim % p.dim()))
+        elif not isinstance(placement, Replicate):
+            raise TypeError(
+                f"Adafactor supports DTensor parameters sharded with Shard(d) or replicated, "
+                f"not the placement {placement!r}"
+            )
+    return out
+
+
+def _reduce_groups(p: Tensor, dims: Sequence[int]) -> tuple[Any, ...]:
+    """The process groups over which a sum of ``p``'s shards over the tensor
+    dimensions ``dims`` (negative allowed) must be all-reduced."""
+    wanted = {dim % p.dim() for dim in dims}
+    mesh = p.device_mesh  # type: ignore[attr-defined]  # a DTensor
+    return tuple(mesh.get_group(m) for m, dim in _mesh_shards(p) if dim in wanted)
+
+
+def _sharded_zeros(p: Tensor, reduced: int | None = None) -> Tensor:
+    """A zero DTensor laid out like ``p``; with ``reduced``, of size 1 along that
+    dimension, and replicated on the mesh dimensions that shard it."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    local = p.to_local()  # type: ignore[attr-defined]  # a DTensor
+    shape, local_shape = list(p.shape), list(local.shape)
+    placements = list(p.placements)  # type: ignore[attr-defined]  # a DTensor
+    if reduced is not None:
+        reduced %= p.dim()
+        shape[reduced] = local_shape[reduced] = 1
+        placements = [Replicate() if type(pl) is Shard and pl.dim % p.dim() == reduced else pl
+                      for pl in placements]
+    size = torch.Size(shape)
+    return DTensor.from_local(
+        torch.zeros(local_shape, dtype=local.dtype, device=local.device),
+        p.device_mesh, placements, run_check=False, shape=size,  # type: ignore[attr-defined]
+        stride=torch.empty(size, device="meta").stride(),
+    )
+
+
+def _sharded_state(p: Tensor) -> dict[str, Tensor]:
+    """The state tensors of a DTensor parameter: DTensors on its mesh.
+
+    ``row_var`` (global shape ``p.shape[:-1] + (1,)``) is sharded as ``p``
+    along the leading dimensions; ``col_var`` (``p.shape[:-2] + (1, k)``)
+    likewise, and replicated along the mesh dimensions that shard ``p``'s rows
+    (FSDP2: ``Shard(0)`` of a matrix gives row shards of ``row_var`` and a
+    replicated ``col_var``); ``variance`` is laid out as ``p``.
+    """
+    _mesh_shards(p)  # refuses other placements
+    if p.dim() > 1:
+        return {"row_var": _sharded_zeros(p, -1), "col_var": _sharded_zeros(p, -2)}
+    return {"variance": _sharded_zeros(p)}
+
+
+def _all_reduce_sums(tensors: list[Tensor], groups: Sequence[tuple[Any, ...]]) -> None:
+    """Sum, in place, each ``tensors[i]`` over the ranks of every group in
+    ``groups[i]``: one all-reduce per distinct tuple of groups (in order of first
+    appearance, the same on every rank), on the float64 concatenation of its tensors."""
+    import torch.distributed as dist
+
+    by_groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, gs in enumerate(groups):
+        if gs:
+            by_groups.setdefault(gs, []).append(i)
+    for gs, idx in by_groups.items():
+        flat = torch.cat([tensors[i].reshape(-1).to(torch.float64) for i in idx])
+        for group in gs:
+            dist.all_reduce(flat, group=group)
+        pos = 0
+        for i in idx:
+            n = tensors[i].numel()
+            tensors[i].copy_(flat[pos:pos + n].view_as(tensors[i]))
+            pos += n
+
+
+def _local_squares(u: Tensor) -> Tensor:
+    """``||u||^2`` of a local shard, float64, shape ``(1,)``."""
+    return torch.linalg.vector_norm(u).to(torch.float64).square().reshape(1)
+
+
+def _sharded_adafactor(
+    params: list[Tensor],
+    grads: list[Tensor],
+    row_vars: list[Tensor | None],
+    col_vars: list[Tensor | None],
+    variances: list[Tensor | None],
+    state_steps: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta2_decay: float,
+    eps1: float | None,
+    eps2: float,
+    d: float,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    """The single-tensor update for DTensor parameters, on their local shards.
+
+    Every sum over a sharded dimension is a local sum followed by an all-reduce
+    over the mesh dimensions that shard it, and every mean divides by the
+    global size: RMS(theta) and RMS(U) (all entries), the row means of
+    ``g^2`` (last dimension), the column means and the mean of ``R``
+    (second-to-last). Three all-reduces per step (one per distinct set of
+    process groups), whatever the number of parameters: the sums of squares of
+    the parameters and the row and column sums of ``g^2``, then the sums of
+    ``R``, then the sums of squares of the updates.
+    """
+    if not params:
+        return
+    thetas = [p.to_local() for p in params]  # type: ignore[attr-defined]  # DTensors
+    gs = [g.to_local() for g in grads]  # type: ignore[attr-defined]
+    if maximize:
+        gs = [-g for g in gs]
+    if eps1 is None:  # as the single-tensor path: the first parameter's dtype
+        eps1 = torch.finfo(params[0].dtype).eps
+    factored = [p.dim() > 1 for p in params]
+    all_groups = [_reduce_groups(p, range(p.dim())) for p in params]
+
+    # 1. ||theta||^2, and the row / column sums of g^2 where their dimension is sharded
+    sums: list[Tensor] = []
+    groups: list[tuple[Any, ...]] = []
+    for p, theta, g, f, ag in zip(params, thetas, gs, factored, all_groups):
+        sums.append(_local_squares(theta))
+        groups.append(ag)
+        if f:
+            for dim in (-1, -2):
+                sums.append(torch.norm(g, dim=dim, keepdim=True).square_())
+                groups.append(_reduce_groups(p, [dim]))
+    _all_reduce_sums(sums, groups)
+
+    Us: list[Tensor] = []
+    pos = 0
+    alphas = []
+    for i, (p, theta, g) in enumerate(zip(params, thetas, gs)):
+        state_steps[i] += 1
+        n = state_steps[i].item()  # gradients seen, t + 1
+        rms = math.sqrt(sums[pos].item()) / (p.numel() ** 0.5)
+        pos += 1
+        w, alpha = _step_scalars(theta, n, lr, beta2_decay, eps2, rms=rms)  # w = 1 - beta2_n
+        alphas.append(alpha)
+        if weight_decay != 0:
+            theta.mul_(1 - lr * weight_decay)  # theta <- (1 - rho * lambda) * theta
+        if factored[i]:
+            R = cast(Tensor, row_vars[i]).to_local()  # type: ignore[attr-defined]  # DTensor
+            C = cast(Tensor, col_vars[i]).to_local()  # type: ignore[attr-defined]
+            R.lerp_(sums[pos].to(g.dtype).div_(p.shape[-1]), w)  # row means of g^2, global length
+            C.lerp_(sums[pos + 1].to(g.dtype).div_(p.shape[-2]), w)  # column means of g^2
+            pos += 2
+            Us.append(R @ C)  # R C, divided below by mean(R) over all rows
+        else:
+            V = cast(Tensor, variances[i]).to_local()  # type: ignore[attr-defined]  # DTensor
+            V.lerp_(g * g, w)  # V_{t+1} = beta2_n V_t + (1 - beta2_n) g_t^2
+            Us.append(V.clone())
+
+    # 2. mean(R) over the (possibly sharded) rows
+    R_sums = [cast(Tensor, row_vars[i]).to_local().sum(dim=-2, keepdim=True)  # type: ignore[attr-defined]
+              for i in range(len(params)) if factored[i]]
+    _all_reduce_sums(R_sums, [_reduce_groups(p, [-2]) for p, f in zip(params, factored) if f])
+    j = 0
+    for i, p in enumerate(params):
+        if factored[i]:
+            R_mean = R_sums[j].to(Us[i].dtype).div_(p.shape[-2])
+            j += 1
+            Us[i].div_(R_mean.clamp_(min=eps1))  # V_hat = R C / max(mean(R), eps1)
+        Us[i] = Us[i].clamp_(min=eps1 * eps1).rsqrt_().mul_(gs[i])  # U = g / sqrt(max(V_hat, eps1^2))
+
+    # 3. RMS(U) over all entries: the update clipping
+    U_sums = [_local_squares(U) for U in Us]
+    _all_reduce_sums(U_sums, all_groups)
+    for p, theta, U, s, alpha in zip(params, thetas, Us, U_sums, alphas):
+        clip = max(1.0, math.sqrt(s.item()) / (p.numel() ** 0.5) / d)  # update clipping
+        theta.add_(U, alpha=-alpha / clip)

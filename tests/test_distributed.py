@@ -22,15 +22,17 @@ process, whole batch) to within ``TOL`` and be identical on both ranks.
 
 Tolerance: everything is float64 and the only differences are round-off: the
 mean gradient is a mean of two half-batch means rather than one mean of eight
-(and sums of Gram-matrix shards under FSDP2 for LMAdagrad), about 1e-16
+(and under FSDP2, sums of shards: LMAdagrad's Gram matrix, Adafactor's column
+statistics and norms), about 1e-16
 relative. Element-wise methods reproduce it at 1e-16; LMAdagrad's whitening
 divides by small eigenvalues of the Gram matrix and LBFGS takes twenty inner
 iterations per step, which amplify it to about 1e-11 and 1e-9 in the runs
 measured. ``TOL = 1e-7`` leaves room for that and is far below what a
 scheme that left something out would give: every reference run moves the
 parameters by more than ``1e3 * TOL`` (checked), and a gradient not averaged
-or a whitening computed from one shard's Gram block changes the trajectory at
-that scale (:func:`test_lm_adagrad_needs_the_all_reduce`).
+or a whitening computed from one shard's Gram block (or Adafactor's statistics
+from one shard's rows) changes the trajectory at that scale
+(:func:`test_lm_adagrad_needs_the_all_reduce`, :func:`test_adafactor_needs_the_all_reduce`).
 
 Exclusions, each tested for what happens instead:
 
@@ -57,13 +59,16 @@ Exclusions, each tested for what happens instead:
   them at float tolerance (a guard: on this problem no case is skipped; SOAP
   was, by 3e-4 to 1.5e-2, until its eigenbasis got a deterministic convention
   inside repeated eigenvalues, see ``optimizers/soap.py``).
-* ``KNOWN_FSDP2_FAILURES`` (strict xfail): other modules of the package that
-  these tests found failing under FSDP2 (Adafactor: its row and column
-  statistics of a sharded matrix), with the reason.
+* ``KNOWN_FSDP2_FAILURES`` (strict xfail): modules of the package that these
+  tests find failing under FSDP2, with the reason (none at present; Adafactor
+  was one until its row and column statistics of a sharded matrix were summed
+  across the shards, see ``optimizers/adafactor.py``: ``torch.optim.Adafactor``
+  itself still fails there).
 
-LMAdagrad under FSDP2 is also checked to need its all-reduce (leaving it out
-moves the run far outside ``TOL``) and, with a NaN in one rank's shard, to
-raise FloatingPointError on every rank at that step.
+LMAdagrad and Adafactor under FSDP2 are also checked to need their
+all-reduces (leaving them out moves the run far outside ``TOL``), and
+LMAdagrad, with a NaN in one rank's shard, to raise FloatingPointError on
+every rank at that step.
 
 One launch per mode (two for FSDP2, the slowest) runs every case; each takes
 a few seconds on an idle machine and is killed after ``LAUNCH_TIMEOUT`` seconds.
@@ -111,10 +116,7 @@ FAIL_AS_TORCH = {"LBFGS": "it flattens all parameters into one vector, which DTe
                  "SparseAdam": "fully_shard gives dense sharded gradients"}
 #: failures of other modules of the package under FSDP2, found by these tests
 #: (strict: the test says so when they are fixed)
-KNOWN_FSDP2_FAILURES = {
-    "Adafactor": "optimizers/adafactor.py: in-place ops on row/column statistics whose placement "
-                 "is a pending norm reduction (_NormPartial)",
-}
+KNOWN_FSDP2_FAILURES: dict[str, str] = {}
 
 
 def _setup(info: OptimizerInfo) -> str:
@@ -162,6 +164,9 @@ TORCH_TWINS = [
 # LMAdagrad whitening each shard with its own Gram block (the all-reduce left out)
 NO_ALL_REDUCE = {"id": "LMAdagrad-local-gram", "cls": "LMAdagrad", "kwargs": {"lr": 1e-2},
                  "setup": "mlp", "modes": ["fsdp2"], "no_all_reduce": True}
+# Adafactor with each rank's statistics of its own rows only (the all-reduces left out)
+ADAFACTOR_NO_ALL_REDUCE = {"id": "Adafactor-local-statistics", "cls": "Adafactor", "kwargs": {},
+                           "setup": "mlp", "modes": ["fsdp2"], "no_all_reduce": True}
 
 
 #: launches per mode (FSDP2's cases are the slowest: two launches keep each test short)
@@ -176,7 +181,7 @@ def _launch_part(mode: str, part: int) -> list[dict[str, Any]]:
     cases = [{k: v for k, v in c.items() if k != "info"} | {"modes": [mode]}
              for c in CASES if mode in c["modes"]][part::PARTS[mode]]
     if mode == "fsdp2" and part == 0:
-        cases += TORCH_TWINS + [NO_ALL_REDUCE, NAN_SHARD]
+        cases += TORCH_TWINS + [NO_ALL_REDUCE, ADAFACTOR_NO_ALL_REDUCE, NAN_SHARD]
     return D.run_distributed(cases, STEPS, world_size=2, timeout=LAUNCH_TIMEOUT)
 
 
@@ -194,7 +199,7 @@ def _launch(mode: str, case_id: str | None = None) -> list[dict[str, Any]]:
 
 
 def _case(case_id: str) -> dict[str, Any]:
-    return next(c for c in CASES + [NO_ALL_REDUCE] if c["id"] == case_id)
+    return next(c for c in CASES + [NO_ALL_REDUCE, ADAFACTOR_NO_ALL_REDUCE] if c["id"] == case_id)
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,6 +287,18 @@ def test_lm_adagrad_needs_the_all_reduce() -> None:
     assert not isinstance(got, str), got
     exact, _ = _result("fsdp2", "LMAdagrad-lr=0.01")
     ref = _reference(NO_ALL_REDUCE["id"])
+    assert _max_diff(exact, ref) <= TOL
+    assert _max_diff(got, ref) > 1e3 * TOL
+
+
+def test_adafactor_needs_the_all_reduce() -> None:
+    """Adafactor's column statistics, mean of the row statistics and RMS norms
+    taken over each rank's own rows only (no all-reduce) are far from the
+    single-process run: the tolerance of the tests above would catch it."""
+    got, _ = _result("fsdp2", ADAFACTOR_NO_ALL_REDUCE["id"])
+    assert not isinstance(got, str), got
+    exact, _ = _result("fsdp2", "Adafactor-default")
+    ref = _reference(ADAFACTOR_NO_ALL_REDUCE["id"])
     assert _max_diff(exact, ref) <= TOL
     assert _max_diff(got, ref) > 1e3 * TOL
 

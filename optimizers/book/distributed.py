@@ -235,19 +235,24 @@ def _worker_run(case: dict[str, Any], mode: str, steps: int, seed: int, rank: in
 
 @contextlib.contextmanager
 def _without_all_reduce(active: bool) -> Iterator[None]:
-    """With ``active``, LMAdagrad skips its all-reduce of the Gram-matrix rows:
-    each rank whitens its shards with its own Gram block (what the sum is for)."""
+    """With ``active``, LMAdagrad skips its all-reduce of the Gram-matrix rows
+    (each rank whitens its shards with its own Gram block) and Adafactor its
+    all-reduces of column statistics and norms (each rank sums over its own rows
+    only): what the sums are for."""
     if not active:
         yield
         return
-    from optimizers import lm_adagrad
+    from optimizers import adafactor, lm_adagrad
 
-    saved = lm_adagrad._all_reduce_sums
-    lm_adagrad._all_reduce_sums = lambda tensors, groups: None
+    modules = (lm_adagrad, adafactor)
+    saved = [m._all_reduce_sums for m in modules]
+    for m in modules:
+        m._all_reduce_sums = lambda tensors, groups: None
     try:
         yield
     finally:
-        lm_adagrad._all_reduce_sums = saved
+        for m, f in zip(modules, saved):
+            m._all_reduce_sums = f
 
 
 def _worker_main(spec_path: str, out_path: str) -> None:
@@ -294,7 +299,7 @@ def run_distributed(cases: list[dict[str, Any]], steps: int, world_size: int = 2
     name) and ``"modes"`` (a subset of :data:`MODES`); optionally
     ``"nan_grad": (rank, step)`` puts a NaN into that rank's (shard of the)
     first gradient before that step, ``"no_all_reduce": True`` makes
-    LMAdagrad skip its all-reduce, and ``"resume_after": t`` replaces the
+    LMAdagrad and Adafactor skip their all-reduces, and ``"resume_after": t`` replaces the
     optimizer after step ``t`` by a new one loaded from a copy of its
     ``state_dict()`` (the run must not notice). The processes run on
     this machine, talk over loopback only, use one thread each, and are killed
