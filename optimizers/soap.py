@@ -73,8 +73,8 @@ class SOAP(OptimizerBase):
     * The eigenvectors come from ``torch.linalg.eigh`` of the statistics (the
       paper's *Eigenvectors*; the authors' code and heavyball refresh them
       with one power iteration and a QR decomposition, warm-started from the
-      previous basis, and re-sort :math:`V` by the estimated eigenvalues;
-      heavyball also bias-corrects :math:`\beta_s`).
+      previous basis; the authors' code also re-sorts :math:`V` by the
+      estimated eigenvalues, heavyball keeps each column in place).
       Within an eigenvalue of multiplicity > 1 the eigenvectors are not
       unique, and Adam's per-coordinate second moment is not invariant to
       which basis of that eigenspace is used. Such eigenvalues are the rule
@@ -101,10 +101,10 @@ class SOAP(OptimizerBase):
       that all parameters keep one step count).
     * Bias corrections and :math:`\epsilon` as in ``torch.optim.Adam``
       (:math:`\epsilon` outside the corrected root); weight decay decoupled
-      and applied before the step, as ``torch.optim.AdamW`` (the authors'
-      code applies it after the step).
-    * ``shampoo_beta=None`` means :math:`\beta_s = \beta_2` (the authors' and
-      heavyball's default when it is negative / unset).
+      and applied before the step, as ``torch.optim.AdamW`` and heavyball (the
+      authors' code applies it after the step).
+    * ``shampoo_beta=None`` means :math:`\beta_s = \beta_2` (the authors'
+      default when it is negative; heavyball's default is 0.95).
     * A side longer than ``max_precond_dim`` is not rotated (its :math:`Q` is
       the identity and no statistic is kept for it), as in the authors' code.
       Parameters with fewer than 2 dimensions get AdamW (the authors'
@@ -115,6 +115,38 @@ class SOAP(OptimizerBase):
     * DTensor parameters (FSDP2) are refused at construction with a
       ``TypeError`` (the statistics need whole rows and columns of
       :math:`G`); complex parameters and sparse gradients at the first step.
+
+    Compared with heavyball (``heavyball.SOAP`` 3.2.1; ``tests/test_soap_heavyball.py``):
+    given the same betas, ``shampoo_beta``, ``eps``, ``weight_decay``,
+    ``precondition_frequency`` and ``max_precond_dim`` (its defaults differ:
+    betas (0.9, 0.95), :math:`\beta_s = 0.95`, :math:`f = 2`, 2048),
+    ``storage_dtype="float64"`` for float64 parameters (it keeps the moments
+    in float32 by default) and its defaults ``precondition_1d=False``,
+    ``merge_dims=True`` (the same matrix for a tensor whose trailing
+    dimensions multiply to at most ``max_precond_dim``), no caution, MARS,
+    PaLM schedule of :math:`\beta_2`, warmup or clipping, it runs this
+    algorithm (step 1 builds the basis and moves nothing; its statistics are
+    bias-corrected averages, a multiple of :math:`L_t, R_t` with the same
+    eigenvectors; its first moment is kept rotated and is re-rotated into each
+    new basis, the same :math:`M`) up to four conventions: (a) the refresh is
+    one power iteration and a QR decomposition from the previous basis, not
+    ``eigh`` (its first basis is ``eigh``'s, with eigh's round-off basis
+    inside a repeated eigenvalue); (b) it refreshes when a running
+    floating-point sum of :math:`1/f` crosses an integer, after steps
+    :math:`f, 2f, \dots` counting the basis-building step, and a step late
+    where the sum falls short (after steps 3, 7, 9, 12, 16 for :math:`f = 3`;
+    11, 20, 30, 40, 51 for :math:`f = 10`), not after steps :math:`1 + f,
+    1 + 2f, \dots`; (c) it divides by :math:`\max(\sqrt{\hat V}, \epsilon)`,
+    not :math:`\sqrt{\hat V} + \epsilon`; (d) it computes the learning rate
+    and the bias correction of :math:`\beta_s` from an int64 step counter,
+    in torch's default dtype (float32 unless changed) even for float64
+    parameters. With the same eigensolver and schedule, :math:`\epsilon = 0`
+    and float64 as the default dtype, the two trajectories agree to
+    round-off (within 1e-11 of the weights' scale over 13 steps, with
+    repeated eigenvalues, a 3-D weight and an unrotated side); unchanged,
+    they agree until heavyball's first refresh (to round-off with
+    :math:`\epsilon = 0`, otherwise up to (c)) and part by a few percent of
+    the distance travelled afterwards.
 
     State per parameter: ``step``, ``exp_avg`` (:math:`M`), ``exp_avg_sq``
     (:math:`V`, shape ``(m, n)``), and for each rotated side ``L``/``Q_L``,
