@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import numbers
+import operator
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import torch
 from torch import Tensor
@@ -38,6 +39,9 @@ from ._base import (
     _real,
     _resolve_impl,
 )
+
+if TYPE_CHECKING:  # importing torch.distributed.tensor costs seconds: only for the type checker
+    from torch.distributed.tensor import DTensor
 
 __all__ = ["LMAdagrad", "FullMatrixAdagrad", "lm_adagrad"]
 
@@ -75,19 +79,27 @@ def _check_no_differentiable(name: str, differentiable: bool) -> None:
 # --------------------------------------------------------------------------- #
 
 
+def _as_dtensor(t: Tensor) -> DTensor | None:
+    """``t`` if it is a DTensor (an FSDP2 shard), else None: :func:`_is_dtensor`
+    as a narrowing the type checker follows."""
+    return cast("DTensor", t) if _is_dtensor(t) else None
+
+
 def _local(t: Tensor) -> Tensor:
     """The local shard of a DTensor, ``t`` itself otherwise."""
-    return t.to_local() if _is_dtensor(t) else t
+    dt = _as_dtensor(t)
+    return t if dt is None else dt.to_local()
 
 
 def _check_no_dtensor(name: str, group_index: int, params: list[Tensor], why: str) -> None:
     """Raise ``TypeError`` for a DTensor parameter (FSDP2 shards), naming where it is and ``why``."""
     for j, p in enumerate(params):
-        if _is_dtensor(p):
+        dt = _as_dtensor(p)
+        if dt is not None:
             raise TypeError(
                 f"{name} does not support DTensor parameters, but "
                 f"param_groups[{group_index}]['params'][{j}] is a DTensor with placements "
-                f"{tuple(p.placements)} (FSDP2's fully_shard makes them): {why}. Keep such "  # type: ignore[attr-defined]  # a DTensor
+                f"{tuple(dt.placements)} (FSDP2's fully_shard makes them): {why}. Keep such "
                 "parameters out of fully_shard, or optimize them with another optimizer"
             )
 
@@ -99,14 +111,15 @@ def _shard_groups(p: Tensor) -> tuple[Any, ...]:
     (``Shard(d)``; ``Replicate`` dimensions hold identical copies and need no
     sum); for a plain tensor, none.
     """
-    if not _is_dtensor(p):
+    dt = _as_dtensor(p)
+    if dt is None:
         return ()
     from torch.distributed.tensor import Replicate, Shard
 
     groups = []
-    for dim, placement in enumerate(p.placements):
+    for dim, placement in enumerate(dt.placements):
         if type(placement) is Shard:
-            groups.append(p.device_mesh.get_group(dim))
+            groups.append(dt.device_mesh.get_group(dim))
         elif not isinstance(placement, Replicate):
             raise TypeError(
                 f"LMAdagrad supports DTensor parameters sharded with Shard(d) or replicated, "
@@ -119,37 +132,39 @@ def _history_like(p: Tensor, k: int) -> Tensor:
     """A zero ring buffer of ``k`` slots for ``p``: for a DTensor, a DTensor of
     global shape ``(k, *p.shape)`` whose shards are the slots of ``p``'s own
     shard (``Shard(d)`` becomes ``Shard(d + 1)``)."""
-    if not _is_dtensor(p):
+    dt = _as_dtensor(p)
+    if dt is None:
         return torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device)
     from torch.distributed.tensor import DTensor, Shard
 
-    local = p.to_local()
-    placements = [Shard(pl.dim + 1) if type(pl) is Shard else pl for pl in p.placements]
+    local = dt.to_local()
+    placements = [Shard(pl.dim + 1) if type(pl) is Shard else pl for pl in dt.placements]
     shape = torch.Size((k, *p.shape))
     stride = torch.empty(shape, device="meta").stride()
     return DTensor.from_local(
         torch.zeros((k, *local.shape), dtype=local.dtype, device=local.device),
-        p.device_mesh, placements, run_check=False, shape=shape, stride=stride,
+        dt.device_mesh, placements, run_check=False, shape=shape, stride=stride,
     )
 
 
-def _all_reduce_sums(tensors: list[Tensor | None], shard_groups: Sequence[tuple[Any, ...]]) -> None:
-    """Sum, in place, each ``tensors[i]`` over the ranks of ``shard_groups[i]``:
+def _all_reduce_sums(tensors: Sequence[Tensor | None],
+                     shard_groups: Sequence[tuple[Any, ...]]) -> None:
+    """Sum, in place, each ``tensors[i]`` (None: skipped) over the ranks of ``shard_groups[i]``:
     one all-reduce per distinct set of groups, on the concatenation of its tensors."""
     import torch.distributed as dist
 
-    by_groups: dict[tuple[Any, ...], list[int]] = {}
-    for i, (t, groups) in enumerate(zip(tensors, shard_groups)):
+    by_groups: dict[tuple[Any, ...], list[Tensor]] = {}
+    for t, groups in zip(tensors, shard_groups):
         if t is not None and groups:
-            by_groups.setdefault(groups, []).append(i)
-    for groups, idx in by_groups.items():
-        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+            by_groups.setdefault(groups, []).append(t)
+    for groups, ts in by_groups.items():
+        flat = torch.cat([t.reshape(-1) for t in ts])
         for group in groups:
             dist.all_reduce(flat, group=group)
         pos = 0
-        for i in idx:
-            n = tensors[i].numel()
-            tensors[i].copy_(flat[pos:pos + n].view_as(tensors[i]))
+        for t in ts:
+            n = t.numel()
+            t.copy_(flat[pos:pos + n].view_as(t))
             pos += n
 
 
@@ -336,7 +351,15 @@ class _GroupParamNames(Sequence[str]):
     def __len__(self) -> int:
         return len(self._params)
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
         p = self._params[i]
         gi = next(n for n, g in enumerate(self._opt.param_groups) if g is self._group)
         j = next(n for n, q in enumerate(self._group["params"]) if q is p)
@@ -892,7 +915,15 @@ class _IndexNames(Sequence[str]):
     def __len__(self) -> int:
         return self._n
 
-    def __getitem__(self, i):  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
         if not 0 <= i < self._n:
             raise IndexError(i)
         return f"params[{i}]"
@@ -1059,7 +1090,7 @@ def _matvec64(M: Tensor, x: Tensor) -> Tensor:
 
 
 def _gram_systems(blocks: list[list[int]], ts: list[int], histories: list[Tensor],
-                  grams: list[Tensor], gs: list[Tensor], vs: list[Tensor], counts: list[int],
+                  grams: Sequence[Tensor], gs: list[Tensor], vs: list[Tensor], counts: list[int],
                   shard_groups: Sequence[tuple[Any, ...]] | None) -> list[tuple[Tensor, Tensor]]:
     r"""Refresh row and column ``slot`` of each Gram matrix; return, per block,
     ``G = sum_i M_i^T M_i`` and ``c = sum_i M_i^T v_i`` (float64).
@@ -1092,15 +1123,17 @@ def _gram_systems(blocks: list[list[int]], ts: list[int], histories: list[Tensor
     for b, t in zip(blocks, ts):
         k = histories[b[0]].shape[0]
         n, slot = min(t, k), counts[b[0]] % k
-        G = c = None
+        G: Tensor | None = None
+        c: Tensor | None = None
         for i in b:
-            row, gram = rows[i], grams[i]
+            row, gram, ci = cast(Tensor, rows[i]), grams[i], cis[i]  # rows: set above for every i
             gram[slot, :n] = row
             gram[:n, slot] = row
-            ci = row if cis[i] is None else cis[i]
+            if ci is None:
+                ci = row
             G = gram[:n, :n].clone() if G is None else G + gram[:n, :n]
             c = ci if c is None else c + ci
-        out.append((G, c))
+        out.append((cast(Tensor, G), cast(Tensor, c)))  # set: a block has at least one parameter
     return out
 
 
@@ -1148,7 +1181,9 @@ def _block_norms(blocks: list[list[int]], us: list[Tensor], dtypes: list[torch.d
         for i in b:
             sq[i] = torch.linalg.vector_norm(us[i]).to(torch.float64).square().reshape(1)
     _all_reduce_sums(sq, shard_groups)
-    return [torch.sqrt(sum(sq[i] for i in b)).reshape(()).to(dt) for b, dt in zip(blocks, dtypes)]
+    # sq[i]: set above for every i of every (non-empty) block
+    sums = [functools.reduce(operator.add, [cast(Tensor, sq[i]) for i in b]) for b in blocks]
+    return [torch.sqrt(total).reshape(()).to(dt) for total, dt in zip(sums, dtypes)]
 
 
 def _norm_scale(u_norm: Tensor, avg: Tensor, first: bool, mode: str, beta: float) -> Tensor:
@@ -1171,7 +1206,7 @@ def _single_tensor_lm_adagrad(
     state_steps: list[Tensor],
     momentum_buffers: list[Tensor | None],
     update_norm_avgs: list[Tensor | None],
-    grams: list[Tensor | None],
+    grams: Sequence[Tensor | None],
     *,
     lr: float,
     eps: float,
@@ -1210,11 +1245,14 @@ def _single_tensor_lm_adagrad(
     if momentum != 0 and momentum_mode == "gradient":
         for b, t in zip(blocks, ts):
             for i in b:
-                m = _real(momentum_buffers[i])
+                m = _real(cast(Tensor, momentum_buffers[i]))  # given when momentum != 0
                 m.mul_(momentum).add_(gs[i], alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
                 vs[i] = m / (1 - momentum**t)
     if not exact:
-        systems = _gram_systems(blocks, ts, histories, grams, gs, vs, counts, shard_groups)
+        # not exact: lm_adagrad checked that the Gram matrices are given
+        systems = _gram_systems(blocks, ts, histories, cast(Sequence[Tensor], grams), gs, vs, counts,
+                                shard_groups)
+    # placeholders, each set in the loop below
     all_us: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
     for bi, (block, t) in enumerate(zip(blocks, ts)):
         hs = [histories[i] for i in block]
@@ -1242,13 +1280,13 @@ def _single_tensor_lm_adagrad(
         for i, u in zip(block, us):
             all_us[i] = u
     if update_norm is not None:
-        norms = _block_norms(blocks, all_us, [update_norm_avgs[b[0]].dtype for b in blocks],
-                             shard_groups)
+        avgs = cast(Sequence[Tensor], update_norm_avgs)  # given when update_norm is set
+        norms = _block_norms(blocks, all_us, [avgs[b[0]].dtype for b in blocks], shard_groups)
         for block, t, u_norm in zip(blocks, ts, norms):
-            avg = update_norm_avgs[block[0]]
+            avg = avgs[block[0]]
             scale = _norm_scale(u_norm, avg, t == 1, update_norm, update_norm_beta)
             for i in block[1:]:
-                update_norm_avgs[i].copy_(avg)
+                avgs[i].copy_(avg)
             for i in block:
                 all_us[i] = all_us[i] * scale.to(all_us[i].dtype)
     for block, t in zip(blocks, ts):
@@ -1256,7 +1294,7 @@ def _single_tensor_lm_adagrad(
             u = all_us[i]
             theta = _real(params[i])
             if momentum != 0 and momentum_mode == "update":
-                m = _real(momentum_buffers[i])
+                m = _real(cast(Tensor, momentum_buffers[i]))  # given when momentum != 0
                 m.mul_(momentum).add_(u, alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) u_t
                 u = m / (1 - momentum**t)
             if weight_decay != 0 and decoupled_weight_decay:
@@ -1271,7 +1309,7 @@ def _multi_tensor_lm_adagrad(
     state_steps: list[Tensor],
     momentum_buffers: list[Tensor | None],
     update_norm_avgs: list[Tensor | None],
-    grams: list[Tensor | None],
+    grams: Sequence[Tensor | None],
     *,
     lr: float,
     eps: float,
@@ -1322,7 +1360,7 @@ def _multi_tensor_lm_adagrad(
     ts = [counts[b[0]] + 1 for b in blocks]
     vs = list(gs)
     if momentum != 0 and momentum_mode == "gradient":
-        ms = [_real(m) for m in momentum_buffers]
+        ms = [_real(cast(Tensor, m)) for m in momentum_buffers]  # given when momentum != 0
         for (m_list, g_list), idx in _group_by_device_and_dtype([ms, gs], with_indices=True).values():
             torch._foreach_mul_(m_list, momentum)
             torch._foreach_add_(m_list, g_list, alpha=1 - momentum)
@@ -1333,7 +1371,9 @@ def _multi_tensor_lm_adagrad(
     # Gram matrices and right-hand sides; all small problems of a device solved in one go
     per_device: dict[torch.device, list[int]] = {}
     Gs, cs, rtols = [], [], []
-    systems = _gram_systems(blocks, ts, histories, grams, gs, vs, counts, shard_groups)
+    # not exact (it loops above): lm_adagrad checked that the Gram matrices are given
+    systems = _gram_systems(blocks, ts, histories, cast(Sequence[Tensor], grams), gs, vs, counts,
+                            shard_groups)
     for bi, (b, t) in enumerate(zip(blocks, ts)):
         hs = [histories[i] for i in b]
         n = min(t, hs[0].shape[0])
@@ -1348,24 +1388,27 @@ def _multi_tensor_lm_adagrad(
                            eps, centered)
         for bi, a in zip(bis, sol):
             coeffs[bi] = a
+    # placeholders, each set in the loop below
     us: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
-    for b, t, a in zip(blocks, ts, coeffs):
+    for b, t, a_b in zip(blocks, ts, coeffs):
         n = min(t, histories[b[0]].shape[0])
+        a = cast(Tensor, a_b)  # solved above for every block
         for i, u in zip(b, _combine([histories[i] for i in b], a, n, [params[i] for i in b])):
             us[i] = u
 
     if update_norm is not None:
-        norms = _block_norms(blocks, us, [update_norm_avgs[b[0]].dtype for b in blocks], shard_groups)
+        avgs = cast(Sequence[Tensor], update_norm_avgs)  # given when update_norm is set
+        norms = _block_norms(blocks, us, [avgs[b[0]].dtype for b in blocks], shard_groups)
         for b, t, u_norm in zip(blocks, ts, norms):
-            avg = update_norm_avgs[b[0]]
+            avg = avgs[b[0]]
             scale = _norm_scale(u_norm, avg, t == 1, update_norm, update_norm_beta)
             for i in b[1:]:
-                update_norm_avgs[i].copy_(avg)
+                avgs[i].copy_(avg)
             for i in b:
                 us[i] = us[i] * scale.to(us[i].dtype)
 
     if momentum != 0 and momentum_mode == "update":
-        ms = [_real(m) for m in momentum_buffers]
+        ms = [_real(cast(Tensor, m)) for m in momentum_buffers]  # given when momentum != 0
         for (m_list, u_list), idx in _group_by_device_and_dtype([ms, us], with_indices=True).values():
             torch._foreach_mul_(m_list, momentum)
             torch._foreach_add_(m_list, u_list, alpha=1 - momentum)
