@@ -145,8 +145,9 @@ class SOAP(OptimizerBase):
     round-off (within 1e-11 of the weights' scale over 13 steps, with
     repeated eigenvalues, a 3-D weight and an unrotated side); unchanged,
     they agree until heavyball's first refresh (to round-off with
-    :math:`\epsilon = 0`, otherwise up to (c)) and part by a few percent of
-    the distance travelled afterwards.
+    :math:`\epsilon = 0`, otherwise up to (c)) and part afterwards by far
+    more than round-off (an example in the book's chapter on matrix
+    preconditioners).
 
     State per parameter: ``step``, ``exp_avg`` (:math:`M`), ``exp_avg_sq``
     (:math:`V`, shape ``(m, n)``), and for each rotated side ``L``/``Q_L``,

@@ -232,15 +232,43 @@ def test_learning_rate_in_the_default_dtype():
     grads = [torch.randn(6, generator=g, dtype=DT) for _ in range(2)]
     b = torch.nn.Parameter(torch.zeros(6, dtype=DT))
     opt = heavyball.SOAP([b], lr=lr, betas=(0.9, 0.95), eps=0.0, weight_decay=0.0, storage_dtype="float64")
-    mode = heavyball.utils.compile_mode
+    mode, dtype = heavyball.utils.compile_mode, torch.get_default_dtype()
     heavyball.utils.compile_mode = None
+    torch.set_default_dtype(torch.float32)
     try:
-        assert torch.get_default_dtype() == torch.float32
         for G in grads:
             b.grad = G.clone()
             opt.step()
     finally:
         heavyball.utils.compile_mode = mode
+        torch.set_default_dtype(dtype)
     lr32 = float(torch.tensor(lr, dtype=torch.float32))
     assert lr32 != lr
     assert torch.equal(b.detach(), -lr32 * grads[1].sign())
+
+
+@pytest.mark.parametrize("f,hb_steps,our_steps", [(3, [3, 7, 9, 12, 16], [4, 7, 10, 13, 16]),
+                                                  (10, [11, 20, 30, 40], [11, 21, 31, 41])], ids=["f3", "f10"])
+def test_refresh_schedule(f, hb_steps, our_steps):
+    """The steps after which each implementation replaces its basis (seen as a change of the stored
+    left basis): heavyball's running sum of 1/f in floating point puts some a step late."""
+    g = torch.Generator().manual_seed(9)
+    grads = [torch.randn(3, 4, generator=g, dtype=DT) for _ in range(max(hb_steps + our_steps) + 1)]
+
+    def changes(make, basis):
+        w = torch.nn.Parameter(torch.zeros(3, 4, dtype=DT))
+        opt = make([w])
+        out, old = [], None
+        with heavyball_eager_float64():
+            for t, G in enumerate(grads, start=1):
+                w.grad = G.clone()
+                opt.step()
+                q = basis(opt.state[w]).clone()
+                if t > 1 and not torch.equal(q, old):
+                    out.append(t)
+                old = q
+        return out
+
+    hb_basis = lambda st: next(v for k, v in st[0].items() if "_Q_" in k)[0]  # noqa: E731
+    assert changes(lambda ps: make_heavyball(ps, eps=0.0, f=f), hb_basis) == hb_steps
+    assert changes(lambda ps: make_ours(ps, eps=0.0, f=f), lambda st: st["Q_L"]) == our_steps
