@@ -1,11 +1,9 @@
 """optimizers.SOAP against Vyas et al.'s Algorithm 3, written independently in NumPy.
 
-heavyball's SOAP (the published implementation on PyPI) needs opt-einsum,
-which this environment does not carry (and which would change torch.einsum's
-contraction order for every chapter), and compiles its steps with
-torch.compile; the reference here is therefore the paper's algorithm in
-NumPy, with the conventions that differ from heavyball's and the authors'
-code written down in the class docstring. The shared behaviour (paths, state
+The reference here is the paper's algorithm in NumPy; the comparison with the
+published implementation on PyPI, heavyball's SOAP, and the conventions in which
+it differs are in ``tests/test_soap_heavyball.py`` and the class docstring.
+The shared behaviour (paths, state
 dicts, groups, closures, maximize, long runs) comes from the catalogue.
 """
 
