@@ -265,9 +265,64 @@ def _check_impl_flags(
 # --------------------------------------------------------------------------- #
 
 
+#: a list of tensors as the ``torch._foreach_*`` ops take it (they return tuples)
+_Tensors = list[Tensor] | tuple[Tensor, ...]
+
+
+def _compiling() -> bool:
+    """True while Dynamo traces the code (``torch.compile``)."""
+    return torch.compiler.is_compiling()
+
+
 def _as_float(x: float | Tensor) -> float:
-    """A hyperparameter as a Python number (``.item()`` of a tensor)."""
-    return x.item() if isinstance(x, Tensor) else x
+    """A hyperparameter or step counter as a Python number (``.item()`` of a tensor).
+
+    Under ``torch.compile`` a tensor is returned unchanged, as ``torch.optim``'s
+    ``_get_value`` does: ``.item()`` would be a host synchronisation and a graph
+    break, and the arithmetic that follows (bias corrections, step sizes) works on
+    0-dim tensors too. In eager mode ``.item()`` of a CPU scalar is the faster one.
+    """
+    if isinstance(x, Tensor) and not _compiling():
+        return x.item()
+    return x  # type: ignore[return-value]  # a 0-dim Tensor while compiling
+
+
+def _foreach_addcdiv_scaled_(params: _Tensors, t1: _Tensors, t2: _Tensors, scalars: list[Any]) -> None:
+    """``params[i] += scalars[i] * t1[i] / t2[i]`` for every ``i``.
+
+    Eagerly the scalars are Python numbers and this is one
+    ``torch._foreach_addcdiv_``. While compiling they are 0-dim tensors (see
+    :func:`_as_float`): they multiply ``t1`` first (a tensor-list product), as in
+    ``torch.optim``'s capturable paths, which rounds differently in the last bit.
+    """
+    if _compiling() and scalars and isinstance(scalars[0], Tensor):
+        torch._foreach_addcdiv_(params, torch._foreach_mul(t1, scalars), t2)
+    else:
+        torch._foreach_addcdiv_(params, t1, t2, scalars)
+
+
+def _foreach_add_scaled_(params: _Tensors, tensors: _Tensors, alpha: Any) -> None:
+    """``params[i] += alpha * tensors[i]``: one ``torch._foreach_add_`` with a Python
+    ``alpha``; while compiling, a 0-dim tensor ``alpha`` (a tensor learning rate)
+    multiplies first, as in ``torch.optim`` (``alpha=`` must be a number)."""
+    if _compiling() and isinstance(alpha, Tensor):
+        torch._foreach_add_(params, torch._foreach_mul(tensors, alpha))
+    else:
+        torch._foreach_add_(params, tensors, alpha=alpha)
+
+
+def _foreach_addcmul_scaled_(params: _Tensors, t1: _Tensors, t2: _Tensors, scalars: list[Any]) -> None:
+    """``params[i] += scalars[i] * t1[i] * t2[i]``: as :func:`_foreach_addcdiv_scaled_`."""
+    if _compiling() and scalars and isinstance(scalars[0], Tensor):
+        torch._foreach_addcmul_(params, torch._foreach_mul(t1, scalars), t2)
+    else:
+        torch._foreach_addcmul_(params, t1, t2, scalars)
+
+
+def _sqrt(x: Any) -> Any:
+    """``math.sqrt`` of a Python number (correctly rounded); ``x ** 0.5`` of the 0-dim
+    tensor that a step-dependent scalar is while compiling (see :func:`_as_float`)."""
+    return x**0.5 if isinstance(x, Tensor) else math.sqrt(x)
 
 
 def _scalar_dtype(fused: bool | None = False) -> torch.dtype:
@@ -305,8 +360,11 @@ def _increment_steps(steps: list[Tensor]) -> None:
 
 
 def _step_values(steps: Sequence[Tensor]) -> list[float]:
-    """The step counters as Python floats (used for bias corrections)."""
-    return [s.item() for s in steps]
+    """The step counters as Python floats (used for bias corrections).
+
+    While compiling, the counters themselves (see :func:`_as_float`).
+    """
+    return [_as_float(s) for s in steps]
 
 
 # --------------------------------------------------------------------------- #
@@ -344,7 +402,8 @@ def _default_foreach(tensors: Iterable[Tensor | None]) -> bool:
     ``benchmarks/results/step_times.md``. Following torch's rule also makes
     the default trajectory bit-identical to torch.optim's.
     """
-    devices = _foreach_devices()
+    # (while compiling, the uncached function: Dynamo traces through lru_cache and warns)
+    devices = _foreach_devices.__wrapped__() if _compiling() else _foreach_devices()
     return all(
         t is None or (type(t) in _PLAIN_TENSOR_TYPES and t.device.type in devices)
         for t in tensors
@@ -422,7 +481,7 @@ def _check_fused_tensors(name: str, params: Iterable[Tensor], grads: Iterable[Te
     kernels; gradients must be dense. Classes call this once, through
     :meth:`OptimizerBase._check_fused_once`, not at every step.
     """
-    devices = _fused_devices()
+    devices = _fused_devices.__wrapped__() if _compiling() else _fused_devices()
     for p in params:
         if not (p.device.type in devices and torch.is_floating_point(p)):
             raise RuntimeError(

@@ -25,12 +25,16 @@ from ._base import (
     _check_lr,
     _check_nonnegative,
     _check_range,
+    _compiling,
+    _foreach_addcdiv_scaled_,
+    _foreach_addcmul_scaled_,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
     _real,
     _real_number,
     _resolve_impl,
+    _sqrt,
     _step_values,
     _view_as_real_lists,
 )
@@ -344,7 +348,7 @@ def _coefficients(t: float, *, beta: float, lips: float, rho: float, variant: st
         "w2": w * w,  # delta_k^2 = w^2 d_k^2; also inc's decay k^2 / (k + 1)^2
         "w2_exp": (1.0 - rho) * w * w,  # exp: (1 - rho) delta_k^2
         # h_k = sqrt(v_k), or sqrt((k+1) v_k) for exp: beta * h_k = beta_h * sqrt(v_k)
-        "beta_h": beta * math.sqrt(k + 1.0) if variant == "exp" else beta,
+        "beta_h": beta * _sqrt(k + 1.0) if variant == "exp" else beta,
         "gamma": 2.0 * lips / (k + 1.0),  # gamma_k = 2 L / (k + 1)
         "alpha_next": alpha_next,
         "x_scale": -lr,  # x_{k+1} = x_k - c_k g_k,  c_k = lr / (gamma_k + beta h_k)
@@ -453,6 +457,9 @@ def _multi_tensor_a2grad(
         cache: dict[float, dict[str, float]] = {}
         cs = []
         for t in _step_values(step_list):
+            if _compiling():  # t: a traced 0-dim tensor, not a key
+                cs.append(_coefficients(t, beta=beta, lips=lips, rho=rho, variant=variant, lr=lr))
+                continue
             if t not in cache:
                 cache[t] = _coefficients(t, beta=beta, lips=lips, rho=rho, variant=variant, lr=lr)
             cs.append(cache[t])
@@ -464,13 +471,13 @@ def _multi_tensor_a2grad(
         torch._foreach_sub_(gbar_list, g_list)
         d = gbar_list if per_coordinate else torch._foreach_norm(gbar_list)
         if variant == "uni":
-            torch._foreach_addcmul_(v_list, d, d, col("w2"))
+            _foreach_addcmul_scaled_(v_list, d, d, col("w2"))
         elif variant == "inc":
             torch._foreach_mul_(v_list, col("w2"))
-            torch._foreach_addcmul_(v_list, d, d, col("w2"))
+            _foreach_addcmul_scaled_(v_list, d, d, col("w2"))
         else:
             torch._foreach_mul_(vt_list, rho)
-            torch._foreach_addcmul_(vt_list, d, d, col("w2_exp"))
+            _foreach_addcmul_scaled_(vt_list, d, d, col("w2_exp"))
             torch._foreach_maximum_(v_list, vt_list)
         del d
         torch._foreach_mul_(gbar_list, col("w"))
@@ -479,6 +486,6 @@ def _multi_tensor_a2grad(
         torch._foreach_mul_(denom, col("beta_h"))
         torch._foreach_add_(denom, col("gamma"))  # gamma_k + beta h_k
 
-        torch._foreach_addcdiv_(x_list, g_list, denom, col("x_scale"))  # x_{k+1}
+        _foreach_addcdiv_scaled_(x_list, g_list, denom, col("x_scale"))  # x_{k+1}
         torch._foreach_lerp_(y_list, x_list, col("alpha_next"))
-        torch._foreach_addcdiv_(y_list, g_list, denom, col("y_scale"))  # y_{k+1}
+        _foreach_addcdiv_scaled_(y_list, g_list, denom, col("y_scale"))  # y_{k+1}

@@ -25,6 +25,7 @@ from ._base import (
     _real,
     _resolve_impl,
     _view_as_real_lists,
+    _foreach_add_scaled_,
 )
 from ._torch_phrases import check_lr, check_nonnegative, torch_phrase
 
@@ -250,4 +251,4 @@ def _multi_tensor_adadelta(
         torch._foreach_mul_(deltas, g_list)
         torch._foreach_mul_(u_list, rho)
         torch._foreach_addcmul_(u_list, deltas, deltas, value=1 - rho)
-        torch._foreach_add_(p_list, deltas, alpha=-lr)
+        _foreach_add_scaled_(p_list, deltas, -lr)

@@ -234,7 +234,7 @@ def _single_tensor_adagrad(
 ) -> None:
     for theta, g, s, step_t in zip(params, grads, state_sums, state_steps):
         step_t += 1
-        t = step_t.item()
+        t = _as_float(step_t)
         g = g if not maximize else -g
         if weight_decay != 0:
             if g.is_sparse:
@@ -295,6 +295,7 @@ def _multi_tensor_adagrad(
         _increment_steps(steps)
         g_list = _foreach_l2_grads(p_list, g_list, maximize=maximize, weight_decay=weight_decay)
 
+        # (while compiling, a list of 0-dim tensors: the foreach mul takes it as a TensorList)
         minus_lr_t = [_as_float(-lr / (1 + (t - 1) * lr_decay)) for t in _step_values(steps)]
         torch._foreach_addcmul_(s_list, g_list, g_list, value=1)
         std = torch._foreach_sqrt(s_list)

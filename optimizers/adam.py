@@ -16,6 +16,7 @@ from torch.optim.optimizer import ParamsT
 from ._base import (
     _foreach_flag,
     _foreach_adam_moments,
+    _foreach_addcdiv_scaled_,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -424,7 +425,7 @@ def _single_tensor_adam(
         g = grads[i] if not maximize else -grads[i]
         m, v = exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
-        t = state_steps[i].item()
+        t = _as_float(state_steps[i])  # a Python float; the 0-dim tensor while compiling
 
         if weight_decay != 0:
             if decoupled_weight_decay:
@@ -451,7 +452,7 @@ def _single_tensor_adam(
 
         # with differentiable=True, addcdiv's backward keeps m: the next step's
         # in-place update of the state must not change the saved tensor
-        theta.addcdiv_(m.clone() if differentiable else m, denom, value=-lr / bias_correction1)  # type: ignore[arg-type]  # theta_t = theta - eta/(1-beta1^t) * m_t / denom (a Tensor lr works)
+        theta.addcdiv_(m.clone() if differentiable else m, denom, value=-lr / bias_correction1)  # theta_t = theta - eta/(1-beta1^t) * m_t / denom (a Tensor lr works)
 
 
 def _multi_tensor_adam(
@@ -505,7 +506,7 @@ def _multi_tensor_adam(
             denom = torch._foreach_sqrt(v_list)
         torch._foreach_div_(denom, bias_correction2_sqrts)
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(p_list, m_list, denom, step_sizes)
+        _foreach_addcdiv_scaled_(p_list, m_list, denom, step_sizes)
 
 
 def _fused_adam(

@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _foreach_addcdiv_scaled_,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -218,10 +219,10 @@ def _single_tensor_adamax(
         else:
             torch.maximum(u.mul_(beta2), g.abs().add_(eps), out=u)  # u_t = max(beta2 * u_{t-1}, |g_t| + eps)
 
-        step_size = lr / (1 - beta1 ** step_t.item())  # eta / (1 - beta1^t)
+        step_size = lr / (1 - beta1 ** _as_float(step_t))  # eta / (1 - beta1^t)
         if differentiable:  # addcdiv's backward keeps m and u: the next step updates them in place
             m, u = m.clone(), u.clone()
-        theta.addcdiv_(m, u, value=-step_size)  # type: ignore[arg-type]  # theta_t = theta_{t-1} - step_size * m_t / u_t (step_size: a float, or a 0-dim Tensor with a Tensor lr)
+        theta.addcdiv_(m, u, value=-step_size)  # theta_t = theta_{t-1} - step_size * m_t / u_t (step_size: a float, or a 0-dim Tensor with a Tensor lr)
 
 
 def _multi_tensor_adamax(
@@ -260,4 +261,4 @@ def _multi_tensor_adamax(
         torch._foreach_maximum_(u_list, abs_g)
 
         step_sizes = [(lr / (1 - beta1**t)) * -1 for t in _step_values(steps)]
-        torch._foreach_addcdiv_(p_list, m_list, u_list, step_sizes)
+        _foreach_addcdiv_scaled_(p_list, m_list, u_list, step_sizes)

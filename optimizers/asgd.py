@@ -6,7 +6,7 @@ r"""ASGD: averaged stochastic gradient descent (Polyak-Ruppert averaging).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -15,7 +15,9 @@ from torch.optim.optimizer import ParamsT
 from ._base import (
     _foreach_flag,
     OptimizerBase,
+    _as_float,
     _check_impl_flags,
+    _compiling,
     _foreach_l2_grads,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -266,16 +268,16 @@ def _single_tensor_asgd(
         # complex numbers: real and imaginary parts are separate coordinates
         theta, g, ax = _real(theta), _real(g), _real(axs[i])
         state_steps[i] += 1
-        n = state_steps[i].item()  # gradients seen, t + 1
+        n = _as_float(state_steps[i])  # gradients seen, t + 1 (the 0-dim tensor while compiling)
 
         if weight_decay != 0:
             g = g.add(theta, alpha=weight_decay)  # g_t + omega * theta_t
 
-        eta_t = etas[i].item()
+        eta_t = _as_float(etas[i])
         theta.mul_(1 - lambd * eta_t)  # (1 - lambda * eta_t) * theta_t
         theta.add_(g, alpha=-eta_t)  # ... - eta_t * g_t
 
-        if mus[i].item() != 1:
+        if _compiling() or mus[i].item() != 1:  # (no branch on a traced value)
             # (mu_t cloned under autograd, differentiable=True: it is overwritten below)
             mu_t = mus[i].clone() if torch.is_grad_enabled() else mus[i]
             ax.add_(theta.sub(ax).mul_(mu_t))  # theta_bar += mu_t * (theta_{t+1} - theta_bar)
@@ -283,6 +285,9 @@ def _single_tensor_asgd(
             ax.copy_(theta)  # mu_t = 1: the average is the iterate
 
         etas[i].copy_(torch.as_tensor(lr / ((1 + lambd * lr * n) ** alpha)))
+        if _compiling():
+            mus[i].copy_(1 / torch.clamp(cast(Tensor, n) - t0, min=1))  # n: a 0-dim tensor while compiling
+            continue
         mus[i].copy_(torch.as_tensor(1 / max(1, n - t0)))
 
 
@@ -326,6 +331,9 @@ def _multi_tensor_asgd(
 
         # eta_{t+1} in the steps' dtype (the counters are tensors here)
         new_etas = [torch.as_tensor(lr / ((1 + lambd * lr * n) ** alpha), device=device) for n in steps]
-        new_mus = [torch.as_tensor(1 / max(1, n.item() - t0), device=device) for n in steps]
+        if _compiling():  # no host read of the counters
+            new_mus = [1 / torch.clamp(n - t0, min=1) for n in steps]
+        else:
+            new_mus = [torch.as_tensor(1 / max(1, n.item() - t0), device=device) for n in steps]
         torch._foreach_copy_(eta_list, new_etas)
         torch._foreach_copy_(mu_list, new_mus)

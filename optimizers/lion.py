@@ -23,6 +23,7 @@ from ._base import (
     _real,
     _resolve_impl,
     _view_as_real_lists,
+    _foreach_add_scaled_,
 )
 from ._torch_phrases import check_betas, check_lr, check_nonnegative
 
@@ -247,6 +248,6 @@ def _multi_tensor_lion(
             torch._foreach_mul_(p_list, 1 - lr * weight_decay)
         c_list = torch._foreach_lerp(m_list, g_list, 1 - beta1)
         torch._foreach_sign_(c_list)
-        torch._foreach_add_(p_list, c_list, alpha=-lr)
+        _foreach_add_scaled_(p_list, c_list, -lr)
         del c_list
         torch._foreach_lerp_(m_list, g_list, 1 - beta2)

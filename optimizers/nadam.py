@@ -15,6 +15,7 @@ from torch.optim.optimizer import ParamsT
 from ._base import (
     _foreach_flag,
     _foreach_adam_moments,
+    _foreach_addcdiv_scaled_,
     _foreach_l2_grads,
     OptimizerBase,
     _as_float,
@@ -278,7 +279,7 @@ def _single_tensor_nadam(
         theta, g, m, v = _real(theta), _real(g), _real(exp_avgs[i]), _real(exp_avg_sqs[i])
         mu_product = mu_products[i]
         state_steps[i] += 1
-        t = state_steps[i].item()
+        t = _as_float(state_steps[i])  # a Python float; the 0-dim tensor while compiling
 
         if weight_decay != 0:
             if decoupled_weight_decay:
@@ -298,7 +299,7 @@ def _single_tensor_nadam(
         differentiable = torch.is_grad_enabled()
         denom = denom + eps if differentiable else denom.add_(eps)
 
-        pi = mu_product.item()
+        pi = _as_float(mu_product)
         theta.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - pi))  # type: ignore[arg-type]  # a 0-dim Tensor lr works
         theta.addcdiv_(m.clone() if differentiable else m, denom, value=(-lr * mu_next) / (1.0 - pi * mu_next))  # type: ignore[arg-type]  # a 0-dim Tensor lr works
 
@@ -352,5 +353,5 @@ def _multi_tensor_nadam(
         pis = _step_values(pi_list)
         step_size_grads = [(lr_f * (1.0 - mu) / (1.0 - pi)) * -1 for pi, mu in zip(pis, mus)]
         step_size_m = [(lr_f * mu_next / (1.0 - pi * mu_next)) * -1 for pi, mu_next in zip(pis, mu_nexts)]
-        torch._foreach_addcdiv_(p_list, g_list, denom, step_size_grads)
-        torch._foreach_addcdiv_(p_list, m_list, denom, step_size_m)
+        _foreach_addcdiv_scaled_(p_list, g_list, denom, step_size_grads)
+        _foreach_addcdiv_scaled_(p_list, m_list, denom, step_size_m)

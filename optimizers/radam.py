@@ -7,7 +7,7 @@ r"""RAdam: Adam with a rectified adaptive learning rate.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiling,
     _foreach_adam_moments,
     _foreach_l2_grads,
     _group_by_device_and_dtype,
@@ -259,7 +260,7 @@ def _single_tensor_radam(
     for i, theta in enumerate(params):
         g = grads[i] if not maximize else -grads[i]
         state_steps[i] += 1
-        n = state_steps[i].item()  # gradients seen, t + 1
+        n = _as_float(state_steps[i])  # gradients seen, t + 1 (the 0-dim tensor while compiling)
 
         if weight_decay != 0:
             if decoupled_weight_decay:
@@ -276,7 +277,13 @@ def _single_tensor_radam(
         bias_correction2 = 1 - beta2**n
 
         rho_inf, rho = _rho(beta2, n)  # rho_{t+1}
-        if rho > 5.0:
+        if _compiling():
+            # no branch on a traced value: both cases, then torch.where (as torch.optim's
+            # capturable path; rho <= 4 makes the discarded rectifier NaN, never used)
+            denom = v.sqrt() + eps
+            rect = torch.where(cast(Tensor, rho) > 5.0, _rectifier(rho_inf, rho) * (bias_correction2**0.5 / denom), 1.0)
+            theta.add_(m_hat * lr * rect, alpha=-1.0)
+        elif rho > 5.0:
             denom = v.sqrt()  # out of place below under autograd (differentiable=True)
             denom = denom + eps if torch.is_grad_enabled() else denom.add_(eps)
             adaptive = bias_correction2**0.5 / denom  # sqrt(1 - beta2^n) / (sqrt(v_{t+1}) + eps)
@@ -325,12 +332,19 @@ def _multi_tensor_radam(
         # computed with torch.optim's sequence of operations (the rectified
         # factor goes through a reciprocal; the other term is then 0).
         ns = _step_values(steps)
-        rects = []
+        rects: list[Any] = []
         for n in ns:
             rho_inf, rho = _rho(beta2, n)
-            rects.append(_rectifier(rho_inf, rho) if rho > 5 else 0)
+            if _compiling():  # no branch on a traced counter (see the single-tensor path)
+                rects.append(torch.where(cast(Tensor, rho) > 5, _rectifier(rho_inf, rho), 0.0))
+            else:
+                rects.append(_rectifier(rho_inf, rho) if rho > 5 else 0)
         bias_corrections1 = [1 - beta1**n for n in ns]
-        plain_step_sizes = [(lr * (0 if r > 0 else 1.0) / bc) * -1 for r, bc in zip(rects, bias_corrections1)]
+        if _compiling():
+            plain_step_sizes: list[Any] = [
+                torch.where(r > 0, 0.0, lr / bc) * -1 for r, bc in zip(rects, bias_corrections1)]
+        else:
+            plain_step_sizes = [(lr * (0 if r > 0 else 1.0) / bc) * -1 for r, bc in zip(rects, bias_corrections1)]
         rect_step_sizes = [
             ((1 - beta2**n) ** 0.5) * (lr * r / bc) * -1 for n, r, bc in zip(ns, rects, bias_corrections1)
         ]

@@ -25,6 +25,8 @@ from ._base import (
     _real,
     _resolve_impl,
     _view_as_real_lists,
+    _foreach_add_scaled_,
+    _foreach_addcdiv_scaled_,
 )
 from ._torch_phrases import check_lr, check_nonnegative, torch_phrase
 
@@ -313,6 +315,6 @@ def _multi_tensor_rmsprop(
         if momentum > 0:
             torch._foreach_mul_(b_list, momentum)
             torch._foreach_addcdiv_(b_list, g_list, denom)
-            torch._foreach_add_(p_list, b_list, alpha=-lr)
+            _foreach_add_scaled_(p_list, b_list, -lr)
         else:
-            torch._foreach_addcdiv_(p_list, g_list, denom, value=-lr)
+            _foreach_addcdiv_scaled_(p_list, g_list, denom, [-lr] * len(p_list))

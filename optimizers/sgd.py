@@ -23,6 +23,7 @@ from ._base import (
     _group_by_device_and_dtype,
     _real_number,
     _resolve_impl,
+    _foreach_add_scaled_,
 )
 from ._torch_phrases import check_lr, check_nonnegative
 
@@ -314,7 +315,7 @@ def _multi_tensor_sgd(
             else:
                 g_list = bufs
 
-        torch._foreach_add_(p_list, g_list, alpha=-lr)
+        _foreach_add_scaled_(p_list, g_list, -lr)
 
 
 def _fused_sgd(

@@ -29,6 +29,7 @@ from ._base import (
     _real,
     _resolve_impl,
     _view_as_real_lists,
+    _foreach_addcmul_scaled_,
 )
 from ._torch_phrases import check_betas, check_lr, check_nonnegative
 
@@ -377,4 +378,4 @@ def _multi_tensor_sophiag(
         torch._foreach_div_(ratio, denom)
         del denom
         torch._foreach_clamp_max_(ratio, 1)
-        torch._foreach_addcmul_(p_list, torch._foreach_sign(m_list), ratio, value=-lr)
+        _foreach_addcmul_scaled_(p_list, torch._foreach_sign(m_list), ratio, [-lr] * len(p_list))

@@ -18,12 +18,14 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _foreach_addcdiv_scaled_,
     _foreach_l2_grads,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
     _real,
     _resolve_impl,
+    _sqrt,
     _step_values,
     _view_as_real_lists,
 )
@@ -261,7 +263,7 @@ def _single_tensor_yogi(
         g = grads[i] if not maximize else -grads[i]
         m, v = exp_avgs[i], exp_avg_sqs[i]
         state_steps[i] += 1
-        t = state_steps[i].item()
+        t = _as_float(state_steps[i])  # a Python float; the 0-dim tensor while compiling
 
         if weight_decay != 0:
             g = g.add(theta, alpha=weight_decay)  # g_t + lambda * theta_t
@@ -276,7 +278,7 @@ def _single_tensor_yogi(
 
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
-        denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)  # sqrt(v_hat) + eps
+        denom = (v.sqrt() / _sqrt(bias_correction2)).add_(eps)  # sqrt(v_hat) + eps
         theta.addcdiv_(m, denom, value=-lr / bias_correction1)
 
 
@@ -315,8 +317,8 @@ def _multi_tensor_yogi(
 
         ts = _step_values(steps)
         step_sizes = [-lr / (1 - beta1**t) for t in ts]
-        bias_correction2_sqrts = [math.sqrt(1 - beta2**t) for t in ts]
+        bias_correction2_sqrts = [_sqrt(1 - beta2**t) for t in ts]
         denom = torch._foreach_sqrt(v_list)
         torch._foreach_div_(denom, bias_correction2_sqrts)
         torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(p_list, m_list, denom, step_sizes)
+        _foreach_addcdiv_scaled_(p_list, m_list, denom, step_sizes)
