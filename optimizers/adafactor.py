@@ -20,6 +20,7 @@ from ._base import (
     _check_impl_flags,
     _check_lr,
     _check_nonnegative,
+    _compiling,
     _fmt,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -298,8 +299,16 @@ def _where(items: list[_T], keep: list[bool]) -> list[_T]:
 
 
 def _rms(u: Tensor) -> float:
-    """RMS(u) = ||u||_2 / sqrt(#u), as a Python float."""
+    """RMS(u) = ||u||_2 / sqrt(#u), as a Python float (a 0-dim tensor while compiling:
+    no host synchronisation, no graph break)."""
+    if _compiling():
+        return u.norm(2) / (u.numel() ** 0.5)  # type: ignore[return-value]  # a 0-dim Tensor
     return u.norm(2).item() / (u.numel() ** 0.5)
+
+
+def _at_least(x: Any, lower: float) -> Any:
+    """``max(x, lower)`` of a Python number, or of the 0-dim tensor it is while compiling."""
+    return torch.clamp(x, min=lower) if isinstance(x, Tensor) else max(lower, x)
 
 
 def _step_scalars(
@@ -307,9 +316,13 @@ def _step_scalars(
     rms: float | None = None,
 ) -> tuple[float, float]:
     """``(1 - beta2_n, alpha_t)``: the moving averages' weight and the step before clipping
-    (``rms``: RMS(theta) if already known, as for a sharded tensor)."""
-    rho_n = min(lr, 1 / (n**0.5))  # relative step size
-    return n**beta2_decay, max(eps2, _rms(theta) if rms is None else rms) * rho_n
+    (``rms``: RMS(theta) if already known, as for a sharded tensor). While compiling, ``n``
+    and the results are 0-dim tensors."""
+    if isinstance(n, Tensor):
+        rho_n: Any = torch.clamp(1 / n**0.5, max=lr)  # relative step size
+    else:
+        rho_n = min(lr, 1 / (n**0.5))
+    return n**beta2_decay, _at_least(_rms(theta) if rms is None else rms, eps2) * rho_n
 
 
 def _mean_squares(g: Tensor, dim: int) -> Tensor:
@@ -338,7 +351,7 @@ def _single_tensor_adafactor(
         if eps1 is None:
             eps1 = torch.finfo(theta.dtype).eps
         state_steps[i] += 1
-        n = state_steps[i].item()  # gradients seen, t + 1
+        n = _as_float(state_steps[i])  # gradients seen, t + 1 (the 0-dim tensor while compiling)
         w, alpha = _step_scalars(theta, n, lr, beta2_decay, eps2)  # w = 1 - beta2_n
 
         if weight_decay != 0:
@@ -356,7 +369,7 @@ def _single_tensor_adafactor(
             V_hat = V.clone()
 
         U = V_hat.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)  # U_t = g / sqrt(max(V_hat, eps1^2))
-        clip = max(1.0, _rms(U) / d)  # update clipping
+        clip = _at_least(_rms(U) / d, 1.0)  # update clipping
         theta.add_(U, alpha=-alpha / clip)
 
 
@@ -396,14 +409,15 @@ def _multi_tensor_adafactor(
     buckets = _group_by_device_dtype_and_factoring(
         [params, grads, row_vars, col_vars, variances, state_steps]
     )
-    for (_, dtype, factored), (p_list, g_list, R_list, C_list, V_list, steps) in buckets.items():
+    for (_, _, factored), (p_list, g_list, R_list, C_list, V_list, steps) in buckets.items():
         # (per bucket: torch.optim keeps the first bucket's machine epsilon for
         # all buckets of a group that mixes dtypes)
-        eps1_b = torch.finfo(dtype).eps if eps1 is None else eps1
+        # (p_list[0].dtype: while compiling, torch does not bucket and the key holds None)
+        eps1_b = torch.finfo(p_list[0].dtype).eps if eps1 is None else eps1
         if maximize:
             g_list = torch._foreach_neg(g_list)  # type: ignore[assignment]  # a list (stubs: tuple)
         _increment_steps(steps)
-        ws, alphas = zip(*(_step_scalars(p, n.item(), lr, beta2_decay, eps2) for p, n in zip(p_list, steps)))
+        ws, alphas = zip(*(_step_scalars(p, _as_float(n), lr, beta2_decay, eps2) for p, n in zip(p_list, steps)))
 
         if weight_decay != 0:
             torch._foreach_mul_(p_list, 1 - lr * weight_decay)
@@ -430,7 +444,7 @@ def _multi_tensor_adafactor(
         torch._foreach_rsqrt_(V_hats)
         torch._foreach_mul_(V_hats, g_list)
         updates = V_hats
-        torch._foreach_mul_(updates, [-a / max(1.0, _rms(u) / d) for a, u in zip(alphas, updates)])
+        torch._foreach_mul_(updates, [-a / _at_least(_rms(u) / d, 1.0) for a, u in zip(alphas, updates)])
         torch._foreach_add_(p_list, updates)
 
 

@@ -20,6 +20,8 @@ from ._base import (
     _check_lr,
     _check_nonnegative,
     _check_range,
+    _compiling,
+    _foreach_add_scaled_,
     _increment_steps,
     _new_step,
     _resolve_impl,
@@ -252,8 +254,19 @@ def shampoo_direction(G: Tensor, state: dict[str, Any], *, eps: float, precondit
     L, R = state["L"], state["R"]
     L.addmm_(G2, G2.T)  # L_t = L_{t-1} + G G^T
     R.addmm_(G2.T, G2)  # R_t = R_{t-1} + G^T G
-    t = int(state["step"].item())
-    if (t - 1) % precondition_frequency == 0:
+    if _compiling():
+        # no host read of the counter: the refresh is a torch.cond on it, one graph for both
+        # cases (the kept roots come back as copies: torch.cond's branches return new tensors)
+        due = (state["step"] - 1) % precondition_frequency == 0
+        roots = torch.cond(
+            due,
+            lambda L_, R_, Li, Ri: (inverse_root(L_, 4, eps), inverse_root(R_, 4, eps)),
+            lambda L_, R_, Li, Ri: (Li.clone(), Ri.clone()),
+            (L, R, state["L_inv_root"], state["R_inv_root"]),
+        )
+        state["L_inv_root"].copy_(roots[0])
+        state["R_inv_root"].copy_(roots[1])
+    elif (int(state["step"].item()) - 1) % precondition_frequency == 0:
         state["L_inv_root"].copy_(inverse_root(L, 4, eps))
         state["R_inv_root"].copy_(inverse_root(R, 4, eps))
     D = state["L_inv_root"] @ G2 @ state["R_inv_root"]  # L^{-1/4} G R^{-1/4}
@@ -327,4 +340,4 @@ def _multi_tensor_shampoo(
         directions = bufs
     if weight_decay != 0:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_add_(params, directions, alpha=-lr)
+    _foreach_add_scaled_(params, directions, -lr)

@@ -58,8 +58,6 @@ TOL_OVERRIDES = {
 NOT_APPLICABLE = {"SparseAdam", "LBFGS"}
 #: optimizers whose step still breaks the graph, and why (strict xfail)
 NOT_YET_COMPILE_CLEAN = {
-    "Adafactor": "per-tensor RMS and relative step size read on the host (.item())",
-    "Shampoo": "the root-refresh schedule reads the step counter on the host",
     "LMAdagrad": "the history window grows with the step (new shapes until it is full) and its "
                  "bookkeeping reads counters on the host",
     "FullMatrixAdagrad": "the d x d eigendecomposition path reads counters on the host",
