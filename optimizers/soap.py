@@ -20,6 +20,8 @@ from ._base import (
     _check_lr,
     _check_nonnegative,
     _check_range,
+    _compiling,
+    _foreach_add_scaled_,
     _increment_steps,
     _new_step,
     _resolve_impl,
@@ -273,7 +275,10 @@ def soap_direction(G: Tensor, state: dict[str, Any], *, beta1: float, beta2: flo
                    eps: float, precondition_frequency: int) -> Tensor | None:
     """Update ``state`` with the gradient ``G`` and return :math:`N_t` (shaped and typed as ``G``),
     or None at step 1 (which only initialises the basis). ``state["step"]`` must already count
-    this step."""
+    this step. While compiling, see :func:`_soap_direction_traced`."""
+    if _compiling():
+        return _soap_direction_traced(G, state, beta1=beta1, beta2=beta2, shampoo_beta=shampoo_beta,
+                                      eps=eps, precondition_frequency=precondition_frequency)
     t = int(state["step"].item())
     shape = matrix_shape(G)
     if t == 1:  # the first gradient only initialises the statistics and the basis
@@ -294,6 +299,65 @@ def soap_direction(G: Tensor, state: dict[str, Any], *, beta1: float, beta2: flo
     N = _rotate((m_rot / bc1) / (V.sqrt() / bc2_sqrt + eps), state, back=True)  # Adam in the rotated frame
     _update_statistics(G, state, shape, shampoo_beta, refresh=(t - 1) % precondition_frequency == 0)
     return N.reshape(G.shape).to(G.dtype)
+
+
+def _soap_direction_traced(G: Tensor, state: dict[str, Any], *, beta1: float, beta2: float,
+                           shampoo_beta: float, eps: float, precondition_frequency: int) -> Tensor:
+    """:func:`soap_direction` without reading the step counter on the host (for ``torch.compile``).
+
+    Step 1 is not a branch: the moments keep their values there (``torch.where``) and the
+    returned direction is zero; the basis refresh is a ``torch.cond`` on the counter, and the
+    eigenbasis comes from :func:`_eigenbasis_traced`. Equal to the eager step up to round-off.
+    """
+    t = state["step"]
+    first = t == 1
+    shape = matrix_shape(G)
+    k = t - 1  # gradients the moments have seen (0 at step 1: the NaN there is never selected)
+    bc1, bc2_sqrt = 1 - beta1**k, (1 - beta2**k) ** 0.5
+    M, V = state["exp_avg"], state["exp_avg_sq"]
+    M.copy_(torch.where(first, M, M.lerp(G, 1 - beta1)))
+    if shape is None:
+        V.copy_(torch.where(first, V, V * beta2 + (1 - beta2) * G * G))
+        N = (M / bc1) / (V.sqrt() / bc2_sqrt + eps)
+        return torch.where(first, torch.zeros_like(N), N)
+    dt = V.dtype
+    g_rot = _rotate(G.to(dt).reshape(shape), state)
+    V.copy_(torch.where(first, V, V * beta2 + (1 - beta2) * g_rot * g_rot))
+    m_rot = _rotate(M.to(dt).reshape(shape), state)
+    N = _rotate((m_rot / bc1) / (V.sqrt() / bc2_sqrt + eps), state, back=True)
+    N = torch.where(first, torch.zeros_like(N), N)
+    refresh = first | ((t - 1) % precondition_frequency == 0)
+    g = G.to(dt).reshape(shape)
+    for S, Q, GG in (("L", "Q_L", g @ g.T), ("R", "Q_R", g.T @ g)):
+        if S in state:
+            state[S].lerp_(GG, 1 - shampoo_beta)
+            Q_new = torch.cond(refresh, lambda S_, Q_: _eigenbasis_traced(S_, Q_).contiguous(),
+                               lambda S_, Q_: Q_.contiguous().clone(), (state[S], state[Q]))
+            state[Q].copy_(Q_new)
+    return N.reshape(G.shape).to(G.dtype)
+
+
+def _eigenbasis_traced(S: Tensor, Q_prev: Tensor) -> Tensor:
+    """:func:`_eigenbasis` with tensor operations only (no loop over clusters found on the host).
+
+    With ``T = Q_prev^T N`` and ``W = diag(1, ..., n)``, the diagonal block of ``T^T W T`` that
+    belongs to a cluster is the matrix whose eigenvectors :func:`_eigenbasis` uses there. The
+    off-cluster entries are zeroed and each block shifted by ``2 n`` times its cluster's index:
+    the blocks' eigenvalues (within [1, n]) then stay apart and in cluster order, so one ``eigh``
+    gives the same block-diagonal change of basis up to round-off (singletons get +-1, which the
+    sign rule fixes)."""
+    lam, N = torch.linalg.eigh(S)
+    n = lam.numel()
+    tol = 16 * n * torch.finfo(lam.dtype).eps * lam.abs().max()
+    new_cluster = torch.cat([torch.ones(1, dtype=torch.bool, device=lam.device), (lam[1:] - lam[:-1]) > tol])
+    cid = torch.cumsum(new_cluster.to(lam.dtype), 0)
+    w = torch.arange(1, n + 1, dtype=lam.dtype, device=lam.device)
+    T = Q_prev.T @ N
+    A = torch.where(cid[:, None] == cid[None, :], T.T @ (w[:, None] * T), 0.0)
+    A = A + torch.diag(2 * n * cid)
+    N = N @ torch.linalg.eigh(A)[1]
+    rows = N.abs().argmax(dim=0)
+    return N * torch.sign(N[rows, torch.arange(n, device=N.device)])
 
 
 def _update_statistics(G: Tensor, state: dict[str, Any], shape: tuple[int, int], shampoo_beta: float,
@@ -365,8 +429,16 @@ def _single_tensor_soap(
         if N is None:  # step 1: nothing moves
             continue
         if weight_decay != 0:
-            W.mul_(1 - lr * weight_decay)
+            W.mul_(_decay_factor(state, lr, weight_decay))
         W.add_(N, alpha=-lr)
+
+
+def _decay_factor(state: dict[str, Any], lr: float, weight_decay: float) -> Any:
+    """``1 - lr * weight_decay``; while compiling, 1 at a tensor's first step (which moves
+    nothing, and is a value of the traced counter rather than a branch)."""
+    if _compiling():
+        return torch.where(state["step"] == 1, 1.0, 1 - lr * weight_decay)
+    return 1 - lr * weight_decay
 
 
 def _multi_tensor_soap(
@@ -389,5 +461,8 @@ def _multi_tensor_soap(
         return
     params, directions = [list(x) for x in zip(*moving)]
     if weight_decay != 0:
-        torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_add_(params, directions, alpha=-lr)  # type: ignore[arg-type]  # Nones filtered out
+        if _compiling():  # per tensor: no decay at a tensor's first step (see _decay_factor)
+            torch._foreach_mul_(params, [_decay_factor(s, lr, weight_decay) for s in states])
+        else:
+            torch._foreach_mul_(params, 1 - lr * weight_decay)
+    _foreach_add_scaled_(params, directions, -lr)  # type: ignore[arg-type]  # Nones filtered out

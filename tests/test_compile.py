@@ -61,7 +61,6 @@ NOT_YET_COMPILE_CLEAN = {
     "LMAdagrad": "the history window grows with the step (new shapes until it is full) and its "
                  "bookkeeping reads counters on the host",
     "FullMatrixAdagrad": "the d x d eigendecomposition path reads counters on the host",
-    "SOAP": "the eigenbasis-refresh schedule reads the step counter on the host",
 }
 
 ENTRIES: list[OptimizerInfo] = [

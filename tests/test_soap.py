@@ -197,3 +197,39 @@ def test_a_last_bit_change_of_the_gradient_moves_the_run_by_round_off(shape, fre
     moved = np.abs(a[-1]).max()
     assert moved > 0.01  # (lr per step, five steps)
     assert max(np.abs(x - y).max() for x, y in zip(a, b)) <= 1e-12 * moved
+
+
+@pytest.mark.parametrize("shape, max_precond_dim", [((5, 3), 10_000), ((4, 6), 4), ((5,), 10_000)])
+def test_traced_direction_equals_the_eager_one(shape, max_precond_dim):
+    """The form of the step that ``torch.compile`` traces (no host read of the counter: step 1
+    by ``torch.where``, the refresh by ``torch.cond``, the eigenbasis clusters by masking) equals
+    the eager one from step 1 on, executed op by op here; early statistics are rank-deficient, so
+    the zero-eigenvalue clusters are exercised. (float64 default dtype: the counter is then
+    float64, and the traced bias corrections round like the eager Python floats.)"""
+    from optimizers import soap as S
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _compare_traced_and_eager(S, shape, max_precond_dim)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _compare_traced_and_eager(S, shape, max_precond_dim):
+    gen = torch.Generator().manual_seed(7)
+    eager = S.init_state(torch.zeros(shape, dtype=torch.float64), max_precond_dim)
+    traced = {k: v.clone() for k, v in eager.items()}
+    kw = dict(beta1=0.9, beta2=0.99, shampoo_beta=0.95, eps=1e-8, precondition_frequency=3)
+    for t in range(1, 10):
+        G = torch.randn(shape, generator=gen, dtype=torch.float64)
+        eager["step"] += 1
+        traced["step"] += 1
+        N_e = S.soap_direction(G, eager, **kw)
+        N_t = S._soap_direction_traced(G, traced, **kw)
+        if N_e is None:
+            assert t == 1 and torch.equal(N_t, torch.zeros_like(N_t))
+        else:
+            torch.testing.assert_close(N_t, N_e, rtol=1e-10, atol=1e-12)
+        for key in eager:
+            torch.testing.assert_close(traced[key], eager[key], rtol=1e-10, atol=1e-12, msg=f"{key} at step {t}")
