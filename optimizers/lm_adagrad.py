@@ -33,6 +33,7 @@ from ._base import (
     _check_lr,
     _check_nonnegative,
     _check_range,
+    _compiling,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -333,6 +334,9 @@ def _check_finite_grads(opt: OptimizerBase) -> None:
     ]
     if not entries:
         return
+    if _compiling():  # no host read while Dynamo traces: a device assertion
+        _assert_finite_async([p.grad for _, _, p in entries], type(opt).__name__)
+        return
     i = _first_nonfinite([p.grad for _, _, p in entries])
     if i is not None:
         gi, j, p = entries[i]
@@ -453,6 +457,31 @@ class LMAdagrad(OptimizerBase):
       catch the error to skip the step (as ``torch.amp.GradScaler`` skips
       steps with infinite gradients) and the run continues as if the bad
       gradient had never come.
+    * **torch.compile.** :meth:`step` compiles to one graph, with no graph
+      break and no recompilation while the window fills and wraps: while
+      Dynamo traces, both paths run one implementation whose shapes do not
+      depend on the step. The counter stays a 0-dim tensor (ring position
+      ``step % k``, the number of filled slots :math:`n = \min(t+1, k)` and
+      the momentum bias corrections are tensor arithmetic), the gradient is
+      written with ``index_copy_``, and the whole :math:`k\times k` problem
+      is solved with the empty slots masked: their rows of the window and of
+      the Gram matrix are zero and add nothing to :math:`M^\top M`, their
+      zero eigenvalues fall below the cut-off (which uses :math:`n`, as
+      eagerly), centering uses :math:`I-\mathbf{1}\mathbf{1}^\top/n` on the
+      filled slots only, and their coefficients are zero. The result is the
+      eager one to round-off (the eager path itself is unchanged). The small
+      eigenproblem is then solved on the parameters' device, without the
+      host transfer. A host read being a graph break, the non-finite check
+      is a device assertion (``torch._assert_async``) that every gradient is
+      finite: it raises ``RuntimeError`` (not :class:`FloatingPointError`)
+      with a message that cannot name the parameter or the step (run the
+      step eagerly to get them), before any state or parameter is changed
+      under inductor and ``aot_eager``, which apply the step's mutations after
+      the graph; on CUDA a failed device assertion is fatal to the process's
+      CUDA context. The Gram-matrix overflow check and, with
+      ``concatenate=True``, the equal-step-count check are device assertions
+      too. Sharded (DTensor) parameters keep the eager implementation, with
+      its host reads and all-reduces, also under ``torch.compile``.
 
     * **Sharded parameters** (DTensors, as FSDP2's ``fully_shard`` makes
       them, sharded with ``Shard(d)`` or replicated): each rank keeps the
@@ -714,6 +743,12 @@ class FullMatrixAdagrad(OptimizerBase):
     :math:`A_t` couples every entry of a tensor with every other, across
     shards.
 
+    Under ``torch.compile`` the step is one graph as in :class:`LMAdagrad`
+    (the window's empty slots are zero rows, which add nothing to :math:`A_t`);
+    the non-finite and overflow checks are device assertions that raise
+    ``RuntimeError`` without naming the parameter, and an eigendecomposition
+    failure is torch's own ``LinAlgError``.
+
     State per parameter: ``step``, and ``sum`` (:math:`A_t`, shape ``(d, d)``)
     or ``history`` (``(k, *p.shape)``, as in :class:`LMAdagrad`).
 
@@ -870,7 +905,10 @@ def lm_adagrad(
     if exact and shard_groups is not None and any(shard_groups):
         raise ValueError("exact=True (FullMatrixAdagrad) does not support sharded parameters")
     names: Sequence[str] = param_names if param_names is not None else _IndexNames(len(params))
-    if check_finite:
+    sharded = shard_groups is not None and any(shard_groups)
+    if check_finite and _compiling() and not sharded:
+        _assert_finite_async(grads, "lm_adagrad")
+    elif check_finite:
         i = _first_nonfinite(grads)
         if i is not None:
             raise _nonfinite_error("lm_adagrad", names[i], params[i], grads[i], int(state_steps[i]))
@@ -879,6 +917,19 @@ def lm_adagrad(
     if not exact and grams is None:
         raise ValueError("grams (the (k, k) float64 Gram matrices of the histories) are required")
     impl = _resolve_impl(params, foreach)
+    if _compiling() and not sharded:
+        # both paths: one traced step with fixed shapes and no host read
+        _compiled_lm_adagrad(
+            params, grads, histories, state_steps, momentum_buffers, update_norm_avgs,
+            grams if grams is not None else [None] * len(params),
+            lr=_as_float(lr), eps=float(eps), centered=centered,
+            weight_decay=_as_float(weight_decay), momentum=float(momentum),
+            momentum_mode=momentum_mode, update_norm=update_norm,
+            update_norm_beta=float(update_norm_beta), decoupled_weight_decay=decoupled_weight_decay,
+            concatenate=concatenate, maximize=maximize, exact=exact, accumulate=accumulate,
+            names=names,
+        )
+        return
     func = _multi_tensor_lm_adagrad if impl == "foreach" else _single_tensor_lm_adagrad
     func(
         params,
@@ -1420,3 +1471,230 @@ def _multi_tensor_lm_adagrad(
         if weight_decay != 0 and decoupled_weight_decay:
             torch._foreach_mul_(p_list, 1 - lr * weight_decay)
         torch._foreach_add_(p_list, u_list, alpha=-lr)
+
+
+# --------------------------------------------------------------------------- #
+# The step under torch.compile                                                 #
+# --------------------------------------------------------------------------- #
+
+
+def _assert_finite_async(grads: Sequence[Tensor], name: str) -> None:
+    """The non-finite gradient check while Dynamo traces: one device assertion
+    (``torch._assert_async``) per device that every entry of every gradient is
+    finite, without a host read (see :class:`LMAdagrad`, "torch.compile")."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        g = _local(g)
+        by_device.setdefault(g.device, []).append(g)
+    for gs in by_device.values():
+        ok = torch.stack([torch.isfinite(g).all() for g in gs]).all()
+        torch._assert_async(
+            ok,
+            f"{name}: a gradient has a NaN or infinite entry (checked inside the compiled step, "
+            "which cannot name the parameter and step without a host synchronisation: run the "
+            "step eagerly to get them). Every entry of a whitened update depends on every entry "
+            "of the gradient",
+        )
+
+
+def _add_scaled(t: Tensor, x: Tensor, alpha: float | Tensor) -> Tensor:
+    """``t + alpha * x``; ``alpha=`` when ``alpha`` is a number (as the eager path), a product
+    first when it is the 0-dim tensor a tensor hyperparameter is while compiling."""
+    if isinstance(alpha, Tensor):
+        return t + alpha * x
+    return t.add(x, alpha=alpha)
+
+
+def _valid_slots(k: int, n: Tensor, device: torch.device) -> Tensor:
+    """Boolean mask of the ring buffer's slots that hold a gradient: the first ``n``
+    (``n = min(t, k)`` a 0-dim tensor; slots fill in order until the window is full)."""
+    return torch.arange(k, device=device) < n.to(device)
+
+
+def _whitening_coefficients_masked(G: Tensor, c: Tensor, eps: float, centered: bool,
+                                   n: Tensor, valid: Tensor) -> Tensor:
+    r""":func:`_whitening_coefficients` of the leading ``n x n`` block of the ``k x k``
+    Gram matrix ``G``, computed on the whole ``k x k`` matrix (a shape that does not
+    change with the step).
+
+    The rows and columns of the slots that hold no gradient yet (``valid`` False)
+    are zero: a zero column of the window adds nothing to :math:`M^\top M`, so ``G``
+    has the eigenvalues of its valid block plus ``k - n`` zeros, and a zero
+    eigenvalue is never kept (the cut-off is :math:`\mathrm{rtol}\cdot\mathrm{tr} \ge 0`
+    and an eigenvalue must exceed it). The cut-off uses the number of valid slots
+    ``n``, as the eager path does; centering uses
+    :math:`C = \mathrm{diag}(m) - m m^\top/n` with :math:`m` the mask, which is
+    :math:`I - \mathbf{1}\mathbf{1}^\top/n` on the valid block and zero elsewhere;
+    the coefficients of empty slots are set to zero.
+    """
+    f64 = torch.float64
+    mask = valid.to(f64)
+    n64 = n.to(device=G.device, dtype=f64)
+    G = G * (mask.unsqueeze(-1) * mask)
+    c = c * mask
+    scale = torch.diagonal(G).sum().clamp(min=0)
+    rtol = _RTOL_FACTOR * n64 * torch.finfo(f64).eps
+    if centered:
+        C = torch.diag(mask) - torch.outer(mask, mask) / n64
+        G = C @ G @ C
+        c = C @ c
+    lam, V = torch.linalg.eigh(G)
+    keep = lam > rtol * scale
+    lam_safe = torch.where(keep, lam, torch.ones_like(lam))
+    w = torch.where(keep, 1.0 / (lam_safe * torch.sqrt(lam_safe + eps)), torch.zeros_like(lam))
+    a = V @ (w * (V.T @ c))
+    if centered:
+        a = C @ a
+    return a * mask
+
+
+def _compiled_lm_adagrad(
+    params: list[Tensor],
+    grads: list[Tensor],
+    histories: list[Tensor],
+    state_steps: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    update_norm_avgs: list[Tensor | None],
+    grams: Sequence[Tensor | None],
+    *,
+    lr: float | Tensor,
+    eps: float,
+    centered: bool,
+    weight_decay: float | Tensor,
+    momentum: float,
+    momentum_mode: str,
+    update_norm: str | None,
+    update_norm_beta: float,
+    decoupled_weight_decay: bool,
+    concatenate: bool,
+    maximize: bool,
+    exact: bool,
+    accumulate: bool,
+    names: Sequence[str],
+) -> None:
+    """The step of both paths while Dynamo traces it: the single-tensor update with
+    shapes that do not change with the step and no host read.
+
+    The step counters stay 0-dim tensors: the ring position ``count % k``, the
+    number of valid slots ``n = min(t, k)`` and the bias corrections are tensor
+    arithmetic (bias corrections in float64, as the eager path's Python floats).
+    The gradient goes in with ``index_copy_``; the Gram row :math:`M^\\top g_t` is
+    computed over all ``k`` slots (the empty ones are zero) and the whitening
+    solves the whole ``k x k`` problem with the empty slots masked
+    (:func:`_whitening_coefficients_masked`), on the Gram matrix's device. Checks
+    that eagerly read a value on the host (overflow of the Gram matrix or of
+    :math:`A_t`, equal step counts with ``concatenate``) are device assertions.
+    """
+    if concatenate and len({p.device for p in params}) > 1:
+        raise RuntimeError("LMAdagrad(concatenate=True) needs all parameters of a group on one device")
+    f64 = torch.float64
+    gs = []
+    for theta, g in zip(params, grads):
+        g = _real(-g if maximize else g)
+        if weight_decay != 0 and not decoupled_weight_decay:
+            g = _add_scaled(g, _real(theta), weight_decay)  # coupled: g_t + lambda theta_{t-1}
+        gs.append(g)
+    blocks = _blocks(len(params), concatenate)
+    if concatenate and len(params) > 1:
+        torch._assert_async(
+            torch.stack(state_steps).eq(state_steps[0]).all(),
+            "LMAdagrad(concatenate=True) needs every parameter of a group to get a gradient at "
+            "every step, but their step counts differ; use concatenate=False or put parameters "
+            "that are sometimes frozen in another group",
+        )
+    hs_real = [_real(h) for h in histories]
+    if accumulate:  # FullMatrixAdagrad without a window: A_t = A_{t-1} + g_t g_t^T
+        for i, (h, g) in enumerate(zip(hs_real, gs)):
+            A = torch.addr(h, _flat(g), _flat(g))
+            torch._assert_async(
+                torch.isfinite(A).all(),
+                f"FullMatrixAdagrad: the sum A_t of g g^T of {names[i]} overflows {A.dtype}; use "
+                "a wider dtype for this parameter or scale the loss down",
+            )
+            h.copy_(A)
+    else:
+        slots = []
+        for h, g, s in zip(hs_real, gs, state_steps):
+            slot = torch.remainder(s, h.shape[0]).to(device=h.device, dtype=torch.long).reshape(1)
+            h.index_copy_(0, slot, g.unsqueeze(0))  # slot count % k holds g_t
+            slots.append(slot)
+    for s in state_steps:
+        s += 1
+    # t: gradients seen, counted after this one (0-dim, on the counters' device)
+    ts = [state_steps[b[0]] for b in blocks]
+    vs = list(gs)
+    if momentum != 0 and momentum_mode == "gradient":
+        for b, t in zip(blocks, ts):
+            bc = 1 - momentum ** t.to(f64)
+            for i in b:
+                m = _real(cast(Tensor, momentum_buffers[i]))  # given when momentum != 0
+                m.mul_(momentum).add_(gs[i], alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
+                vs[i] = m / bc
+    all_us: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    for b, t in zip(blocks, ts):
+        k = hs_real[b[0]].shape[0]
+        if exact:
+            for i in b:
+                if accumulate:
+                    A = hs_real[i]
+                else:
+                    valid = _valid_slots(k, torch.clamp(t, max=k), hs_real[i].device)
+                    M = _flat_history(histories[i], k).to(f64)
+                    M = torch.where(valid.unsqueeze(-1), M, torch.zeros_like(M))
+                    A = M.T @ M  # A_t = M M^T in column convention
+                all_us[i] = _exact_direction(A, _flat(vs[i]), eps).reshape(_real(params[i]).shape)
+            continue
+        n = torch.clamp(t, max=k)
+        G: Tensor | None = None
+        c: Tensor | None = None
+        for i in b:
+            gram = cast(Tensor, grams[i])  # not exact: lm_adagrad checked that they are given
+            valid = _valid_slots(k, n, gram.device)
+            M = _flat_history(histories[i], k)
+            row = torch.where(valid, _matvec64(M, _flat(gs[i])), 0.0)  # g_j^T g_t
+            ci = row if vs[i] is gs[i] else torch.where(valid, _matvec64(M, _flat(vs[i])), 0.0)
+            slot = slots[i].to(gram.device)
+            gram.index_copy_(0, slot, row.unsqueeze(0))
+            gram.index_copy_(1, slot, row.unsqueeze(1))
+            G = gram.clone() if G is None else G + gram
+            c = ci if c is None else c + ci
+        G, c = cast(Tensor, G), cast(Tensor, c)  # a block has at least one parameter
+        torch._assert_async(
+            torch.isfinite(G).all() & torch.isfinite(c).all(),
+            "LMAdagrad: the float64 Gram matrix M^T M or M^T v overflowed (finite gradient "
+            "entries above about 1e154 in float64 parameters, or non-finite parameters with "
+            "coupled weight decay); the history now holds them. Scale the loss down",
+        )
+        a = _whitening_coefficients_masked(G, c, eps, centered, n, _valid_slots(k, n, G.device))
+        for i, u in zip(b, _combine([histories[i] for i in b], a, k, [params[i] for i in b])):
+            all_us[i] = u
+    if update_norm is not None:
+        avgs = cast(Sequence[Tensor], update_norm_avgs)  # given when update_norm is set
+        norms = _block_norms(blocks, all_us, [avgs[b[0]].dtype for b in blocks], None)
+        for b, t, u_norm in zip(blocks, ts, norms):
+            avg = avgs[b[0]]
+            one = torch.ones_like(u_norm)
+            pos = u_norm > 0
+            ratio = torch.where(pos, avg / torch.where(pos, u_norm, one), one)
+            scale = ratio.clamp(max=1.0) if update_norm == "clip" else ratio
+            first = t == 1  # r_1 = ||u_1||, scale 1
+            scale = torch.where(first, one, scale)
+            avg.copy_(torch.where(first, u_norm, avg.mul(update_norm_beta).add(u_norm, alpha=1 - update_norm_beta)))
+            for i in b[1:]:
+                avgs[i].copy_(avg)
+            for i in b:
+                all_us[i] = all_us[i] * scale.to(all_us[i].dtype)
+    for b, t in zip(blocks, ts):
+        for i in b:
+            u = all_us[i]
+            theta = _real(params[i])
+            if momentum != 0 and momentum_mode == "update":
+                m = _real(cast(Tensor, momentum_buffers[i]))  # given when momentum != 0
+                m.mul_(momentum).add_(u, alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) u_t
+                u = m / (1 - momentum ** t.to(f64))
+            if weight_decay != 0 and decoupled_weight_decay:
+                theta.mul_(1 - lr * weight_decay)  # decoupled: theta (1 - eta lambda)
+            if isinstance(lr, Tensor):  # a tensor lr: theta - eta * u, the product first
+                theta.sub_(lr * u)
+            else:
+                theta.add_(u, alpha=-lr)  # theta_t = theta_{t-1} - eta u_t

@@ -57,11 +57,7 @@ TOL_OVERRIDES = {
 
 NOT_APPLICABLE = {"SparseAdam", "LBFGS"}
 #: optimizers whose step still breaks the graph, and why (strict xfail)
-NOT_YET_COMPILE_CLEAN = {
-    "LMAdagrad": "the history window grows with the step (new shapes until it is full) and its "
-                 "bookkeeping reads counters on the host",
-    "FullMatrixAdagrad": "the d x d eigendecomposition path reads counters on the host",
-}
+NOT_YET_COMPILE_CLEAN: dict[str, str] = {}
 
 ENTRIES: list[OptimizerInfo] = [
     info for info in CATALOGUE + getattr(optim_catalogue, "MATRIX_ONLY", [])
@@ -147,3 +143,103 @@ def test_step_compiles_to_one_graph_and_matches_eager(info: OptimizerInfo, kwarg
     assert not counters["graph_break"], dict(counters["graph_break"])
     for p_c, p_e in zip(compiled_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p_c, p_e, **TOL_OVERRIDES.get(info.name, dict(atol=ATOL, rtol=RTOL)))
+
+
+# --------------------------------------------------------------------------- #
+# LMAdagrad and FullMatrixAdagrad: a window that fills and wraps while compiled
+# --------------------------------------------------------------------------- #
+
+WINDOW_STEPS = 10  # compiled steps: a window of 3 fills (steps 1-2) and wraps three times
+
+WINDOW_CASES = [
+    ("LMAdagrad", {"lr": 1e-2, "history_size": 3, "centered": True}),
+    ("LMAdagrad", {"lr": torch.tensor(1e-2), "history_size": 3, "momentum": 0.9}),
+    ("LMAdagrad", {"lr": torch.tensor(1e-2), "history_size": 3, "momentum": 0.9,
+                   "momentum_mode": "update", "update_norm": "graft", "weight_decay": 0.1,
+                   "decoupled_weight_decay": True}),
+    ("LMAdagrad", {"lr": 1e-2, "history_size": 1, "update_norm": "clip", "weight_decay": 0.1}),
+    ("LMAdagrad", {"lr": 1e-2, "history_size": 3, "centered": True, "concatenate": True,
+                   "maximize": True}),
+    ("FullMatrixAdagrad", {"lr": torch.tensor(0.1), "history_size": 3, "eps": 0.0}),
+    ("FullMatrixAdagrad", {"lr": torch.tensor(0.1), "weight_decay": 0.1}),
+]
+
+
+def _window_cases() -> list[Any]:
+    return [
+        pytest.param(name, {**kwargs, **flag}, id=f"{name}-{_config_id({**kwargs, **flag})}")
+        for name, kwargs in WINDOW_CASES
+        for flag in ({}, {"foreach": True})
+    ]
+
+
+@pytest.mark.parametrize("name, kwargs", _window_cases())
+def test_lm_adagrad_window_compiles_once_and_matches_eager(name: str, kwargs: dict[str, Any]) -> None:
+    """The ring buffer keeps one shape while it fills and wraps: one graph from the
+    first eager step (one gradient in the window) through three wraps, no
+    recompilation, and the eager parameters *and* state (counters, window, Gram
+    matrix: the masked k x k form leaves the empty slots' rows at zero, as eagerly)."""
+    import optimizers
+
+    cls = getattr(optimizers, name)
+    torch._dynamo.reset()
+    compiled_model = _model(CATALOGUE[0])
+    eager_model = copy.deepcopy(compiled_model)
+    kwargs_c = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    opt_c = cls(compiled_model.parameters(), **kwargs_c)
+    opt_e = cls(eager_model.parameters(), **kwargs)
+    models = [compiled_model, eager_model]
+    _set_grads(models, 0)
+    opt_c.step()
+    opt_e.step()
+    step = torch.compile(opt_c.step, backend="eager")
+    counters.clear()
+    for k in range(1, WINDOW_STEPS + 1):
+        _set_grads(models, k)
+        with torch._dynamo.config.patch(error_on_recompile=k > 1):
+            step()
+        opt_e.step()
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    for p_c, p_e in zip(compiled_model.parameters(), eager_model.parameters()):
+        torch.testing.assert_close(p_c, p_e, atol=ATOL, rtol=RTOL)
+        s_c, s_e = opt_c.state[p_c], opt_e.state[p_e]
+        assert s_c.keys() == s_e.keys()
+        for key in s_e:
+            torch.testing.assert_close(s_c[key], s_e[key], atol=ATOL, rtol=RTOL, msg=key)
+
+
+@pytest.mark.parametrize("name", ["LMAdagrad", "FullMatrixAdagrad"])
+def test_nonfinite_gradient_under_compile_raises_before_updating(name: str) -> None:
+    """Compiled, the non-finite check is a device assertion (no host read): it
+    raises before the step changes anything.
+
+    Backend ``aot_eager``: functionalized as for inductor (mutations of the inputs
+    are applied after the graph, so a raising graph leaves them untouched, and the
+    grad mode the step switched off is restored). Dynamo's ``eager`` debug backend
+    runs the traced ops in order and would leave grad mode off after the error.
+    """
+    import optimizers
+
+    torch._dynamo.reset()
+    model = _model(CATALOGUE[0])
+    opt = getattr(optimizers, name)(model.parameters(), lr=1e-2, history_size=3)
+    _set_grads([model], 0)
+    opt.step()
+    counters.clear()
+    step = torch.compile(opt.step, backend="aot_eager")
+    _set_grads([model], 1)
+    step()
+    _set_grads([model], 2)
+    model[2].bias.grad[1] = float("nan")
+    before = copy.deepcopy((list(model.parameters()), opt.state_dict()))
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
+        step()
+    assert torch.is_grad_enabled()
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    after = (list(model.parameters()), opt.state_dict())
+    for a, b in zip(before[0], after[0]):
+        assert torch.equal(a, b)
+    for i, s in before[1]["state"].items():
+        for key, v in s.items():
+            assert torch.equal(v, after[1]["state"][i][key]), key
