@@ -1548,6 +1548,13 @@ def _whitening_coefficients_masked(G: Tensor, c: Tensor, eps: float, centered: b
     return a * mask
 
 
+def _matvec64_traced(M: Tensor, x: Tensor) -> Tensor:
+    """:func:`_matvec64` as one float64 reduction: traced by Dynamo, inductor fuses
+    the conversion into the reduction (one pass over the window, no float64 copy and
+    no chunk loop to unroll)."""
+    return (M.to(torch.float64) * x.to(torch.float64)).sum(-1)
+
+
 def _compiled_lm_adagrad(
     params: list[Tensor],
     grads: list[Tensor],
@@ -1581,7 +1588,9 @@ def _compiled_lm_adagrad(
     The gradient goes in with ``index_copy_``; the Gram row :math:`M^\\top g_t` is
     computed over all ``k`` slots (the empty ones are zero) and the whitening
     solves the whole ``k x k`` problem with the empty slots masked
-    (:func:`_whitening_coefficients_masked`), on the Gram matrix's device. Checks
+    (:func:`_whitening_coefficients_masked`), on the Gram matrix's device.
+    :math:`M^\\top v` and :math:`M a` are float64 reductions that inductor fuses
+    with the conversion of the window (one pass over it each). Checks
     that eagerly read a value on the host (overflow of the Gram matrix or of
     :math:`A_t`, equal step counts with ``concatenate``) are device assertions.
     """
@@ -1651,8 +1660,8 @@ def _compiled_lm_adagrad(
             gram = cast(Tensor, grams[i])  # not exact: lm_adagrad checked that they are given
             valid = _valid_slots(k, n, gram.device)
             M = _flat_history(histories[i], k)
-            row = torch.where(valid, _matvec64(M, _flat(gs[i])), 0.0)  # g_j^T g_t
-            ci = row if vs[i] is gs[i] else torch.where(valid, _matvec64(M, _flat(vs[i])), 0.0)
+            row = torch.where(valid, _matvec64_traced(M, _flat(gs[i])), 0.0)  # g_j^T g_t
+            ci = row if vs[i] is gs[i] else torch.where(valid, _matvec64_traced(M, _flat(vs[i])), 0.0)
             slot = slots[i].to(gram.device)
             gram.index_copy_(0, slot, row.unsqueeze(0))
             gram.index_copy_(1, slot, row.unsqueeze(1))
@@ -1666,8 +1675,10 @@ def _compiled_lm_adagrad(
             "coupled weight decay); the history now holds them. Scale the loss down",
         )
         a = _whitening_coefficients_masked(G, c, eps, centered, n, _valid_slots(k, n, G.device))
-        for i, u in zip(b, _combine([histories[i] for i in b], a, k, [params[i] for i in b])):
-            all_us[i] = u
+        for i in b:  # u_i = M_i a, accumulated in float64
+            M = _flat_history(histories[i], k)
+            u = (a.to(M.device).unsqueeze(-1) * M.to(f64)).sum(0)
+            all_us[i] = u.to(M.dtype).reshape(_real(params[i]).shape)
     if update_norm is not None:
         avgs = cast(Sequence[Tensor], update_norm_avgs)  # given when update_norm is set
         norms = _block_norms(blocks, all_us, [avgs[b[0]].dtype for b in blocks], None)
