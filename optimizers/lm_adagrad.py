@@ -475,13 +475,22 @@ class LMAdagrad(OptimizerBase):
       is a device assertion (``torch._assert_async``) that every gradient is
       finite: it raises ``RuntimeError`` (not :class:`FloatingPointError`)
       with a message that cannot name the parameter or the step (run the
-      step eagerly to get them), before any state or parameter is changed
-      under inductor and ``aot_eager``, which apply the step's mutations after
-      the graph; on CUDA a failed device assertion is fatal to the process's
-      CUDA context. The Gram-matrix overflow check and, with
+      step eagerly to get them). The assertion comes before every write in
+      the traced graph, and with ``aot_eager``, which applies the writes
+      after the graph, nothing is changed (tested). Inductor may schedule an
+      in-place write before it: on the CPU the parameters, counters, Gram
+      matrices and momentum were found unchanged, but the window's slot for
+      this step held the rejected gradient. That slot is the one the next
+      step overwrites before reading it (the counter did not advance), so
+      training continues as if the gradient had never come; this is what
+      inductor's schedule gave, not a guarantee. For the guarantee and the
+      detailed :class:`FloatingPointError`, check the gradients outside the
+      compiled region or step eagerly. On CUDA a failed device assertion is
+      fatal to the process's CUDA context. The Gram-matrix overflow check and, with
       ``concatenate=True``, the equal-step-count check are device assertions
       too. Sharded (DTensor) parameters keep the eager implementation, with
-      its host reads and all-reduces, also under ``torch.compile``.
+      its host reads and all-reduces, also under ``torch.compile`` (where
+      these are graph breaks; this combination is not tested).
 
     * **Sharded parameters** (DTensors, as FSDP2's ``fully_shard`` makes
       them, sharded with ``Shard(d)`` or replicated): each rank keeps the
