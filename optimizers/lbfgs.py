@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import ParamsT
 
-from ._base import OptimizerBase, _check_nonnegative
+from ._base import OptimizerBase, _check_nonnegative, _real_number
 from ._torch_phrases import check_lr
 
 __all__ = ["LBFGS", "lbfgs_direction", "strong_wolfe", "cubic_interpolate"]
@@ -106,7 +106,9 @@ class LBFGS(OptimizerBase):
         max_iter: iterations per ``step``, an int :math:`\ge 1` (default: 20).
         max_eval: closure evaluations per ``step``, an int :math:`\ge 1`
             (default: ``max_iter * 5 // 4``).
-        tolerance_grad: stop when the largest gradient entry is at most this, :math:`\ge 0` (default: 1e-7).
+        tolerance_grad: stop when the largest gradient entry is at most this, a real
+            number, not NaN; a negative value (``-math.inf``) turns this test off, as in
+            torch (default: 1e-7).
         tolerance_change: stop when the step or the loss change is below this, :math:`\ge 0` (default: 1e-9).
         history_size: number :math:`m \ge 1` of pairs kept (default: 100).
         line_search_fn: ``None`` or ``"strong_wolfe"`` (default: None).
@@ -134,7 +136,7 @@ class LBFGS(OptimizerBase):
         if max_eval is None:
             max_eval = max_iter * 5 // 4
         _check_count("max_eval", max_eval)
-        _check_nonnegative("tolerance_grad", tolerance_grad)
+        _real_number("tolerance_grad", tolerance_grad)  # negative: never stop on the gradient
         _check_nonnegative("tolerance_change", tolerance_change)
         _check_count("history_size", history_size)
         if line_search_fn not in (None, "strong_wolfe"):
@@ -154,13 +156,17 @@ class LBFGS(OptimizerBase):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self.param_groups:
+        # torch's checks on the group come first (a parameter in two groups, names on
+        # some groups only raise their own errors, as torch.optim.LBFGS does); a second
+        # group that passes them is then refused and removed again.
+        super().add_param_group(param_group)
+        if len(self.param_groups) > 1:
+            self.param_groups.pop()
             raise ValueError(
                 "Invalid params: a second parameter group (must be one group: the parameters "
                 "form a single vector) [torch.optim: LBFGS doesn't support per-parameter "
                 "options (parameter groups)]"
             )
-        super().add_param_group(param_group)
 
     # -- the flat vector --------------------------------------------------- #
     @property
