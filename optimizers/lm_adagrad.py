@@ -1517,7 +1517,7 @@ def _add_scaled(t: Tensor, x: Tensor, alpha: float | Tensor) -> Tensor:
 def _valid_slots(k: int, n: Tensor, device: torch.device) -> Tensor:
     """Boolean mask of the ring buffer's slots that hold a gradient: the first ``n``
     (``n = min(t, k)`` a 0-dim tensor; slots fill in order until the window is full)."""
-    return torch.arange(k, device=device) < n.to(device)
+    return torch.arange(k, device=device) < n  # a 0-dim CPU n: a scalar operand, no copy
 
 
 def _whitening_coefficients_masked(G: Tensor, c: Tensor, eps: float, centered: bool,
@@ -1538,7 +1538,7 @@ def _whitening_coefficients_masked(G: Tensor, c: Tensor, eps: float, centered: b
     """
     f64 = torch.float64
     mask = valid.to(f64)
-    n64 = n.to(device=G.device, dtype=f64)
+    n64 = torch.zeros((), dtype=f64, device=G.device) + n
     G = G * (mask.unsqueeze(-1) * mask)
     c = c * mask
     scale = torch.diagonal(G).sum().clamp(min=0)
@@ -1633,7 +1633,8 @@ def _compiled_lm_adagrad(
     else:
         slots = []
         for h, g, s in zip(hs_real, gs, state_steps):
-            slot = torch.remainder(s, h.shape[0]).to(device=h.device, dtype=torch.long).reshape(1)
+            # on the window's device, the CPU counter as a scalar operand (no explicit copy)
+            slot = torch.remainder(torch.zeros(1, dtype=s.dtype, device=h.device) + s, h.shape[0]).long()
             h.index_copy_(0, slot, g.unsqueeze(0))  # slot count % k holds g_t
             slots.append(slot)
     for s in state_steps:
@@ -1671,7 +1672,7 @@ def _compiled_lm_adagrad(
             M = _flat_history(histories[i], k)
             row = torch.where(valid, _matvec64_traced(M, _flat(gs[i])), 0.0)  # g_j^T g_t
             ci = row if vs[i] is gs[i] else torch.where(valid, _matvec64_traced(M, _flat(vs[i])), 0.0)
-            slot = slots[i].to(gram.device)
+            slot = slots[i]  # on the parameter's device, as the Gram matrix
             gram.index_copy_(0, slot, row.unsqueeze(0))
             gram.index_copy_(1, slot, row.unsqueeze(1))
             G = gram.clone() if G is None else G + gram
@@ -1686,7 +1687,7 @@ def _compiled_lm_adagrad(
         a = _whitening_coefficients_masked(G, c, eps, centered, n, _valid_slots(k, n, G.device))
         for i in b:  # u_i = M_i a, accumulated in float64
             M = _flat_history(histories[i], k)
-            u = (a.to(M.device).unsqueeze(-1) * M.to(f64)).sum(0)
+            u = (a.unsqueeze(-1) * M.to(f64)).sum(0)
             all_us[i] = u.to(M.dtype).reshape(_real(params[i]).shape)
     if update_norm is not None:
         avgs = cast(Sequence[Tensor], update_norm_avgs)  # given when update_norm is set
