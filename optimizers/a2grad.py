@@ -22,6 +22,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _check_lr,
     _check_nonnegative,
     _check_range,
@@ -149,7 +150,9 @@ class A2Grad(OptimizerBase):
             CUDA and other accelerators, the single-tensor loop on the CPU,
             where it is faster (default: None).
         differentiable: not supported (must be False).
-        fused: not supported (must be None or False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     Reference:
         Deng, Cheng, Lan (2018), *Optimal Adaptive and Accelerated Stochastic
@@ -162,6 +165,8 @@ class A2Grad(OptimizerBase):
         >>> opt.step()
     """
 
+    _fused_supported = True
+    _fused_compiled = True
     _group_fallbacks = {"fused": None, "lr": 1.0, "weight_decay": 0.0}
 
     def __init__(
@@ -193,7 +198,7 @@ class A2Grad(OptimizerBase):
                 "Invalid differentiable: True (must be False: differentiating through "
                 "the step is not implemented by optimizers.A2Grad)"
             )
-        _check_impl_flags("A2Grad", foreach=foreach, fused=fused)
+        _check_impl_flags("A2Grad", foreach=foreach, fused=fused, fused_supported=True)
         defaults = dict(
             lr=lr,
             beta=beta,
@@ -242,6 +247,7 @@ class A2Grad(OptimizerBase):
         return state
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, _ = self._gather(group)
         if not params:
             return
@@ -264,6 +270,7 @@ class A2Grad(OptimizerBase):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             foreach=group["foreach"],
+            fused=group["fused"],
         )
 
 
@@ -300,6 +307,7 @@ def a2grad(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
 ) -> None:
     r"""Functional A2Grad: update ``params`` and the state in place (see :class:`A2Grad`).
 
@@ -314,8 +322,8 @@ def a2grad(
         foreach: implementation choice, as in :class:`A2Grad`.
     """
     _check_variant(variant)
-    impl = _resolve_impl(params, foreach)
-    func = {"single": _single_tensor_a2grad, "foreach": _multi_tensor_a2grad}[impl]
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_a2grad, "foreach": _multi_tensor_a2grad, "fused": _fused_a2grad}[impl]
     func(
         params,
         grads,
@@ -393,7 +401,10 @@ def _single_tensor_a2grad(
         if weight_decay != 0:
             g = g.add(y, alpha=weight_decay)  # g_k + lambda * y_k
 
-        step.add_(1)
+        # (as a list item: Dynamo loses `.add_` on a 0-dim float64 input under
+        # torch.compile(dynamic=True), which fused=True compiles with)
+        steps[i] += 1
+        step = steps[i]
         c = _coefficients(_step_values([step])[0], beta=beta, lips=lips, rho=rho, variant=variant,
                           lr=lr)
 
@@ -416,6 +427,10 @@ def _single_tensor_a2grad(
         x.addcdiv_(g, denom, value=c["x_scale"])  # x_{k+1} = x_k - c_k g_k
         y.lerp_(x, c["alpha_next"])  # (1 - alpha_{k+1}) y_k + alpha_{k+1} x_{k+1}
         y.addcdiv_(g, denom, value=c["y_scale"])  # - (1 - alpha_{k+1}) alpha_k c_k g_k
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_a2grad = _compiled_per_tensor(_single_tensor_a2grad)
 
 
 def _multi_tensor_a2grad(

@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _check_range,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -80,6 +81,9 @@ class Adadelta(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     Reference:
         Zeiler (2012), *ADADELTA: An Adaptive Learning Rate Method*,
@@ -87,7 +91,9 @@ class Adadelta(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -101,6 +107,7 @@ class Adadelta(OptimizerBase):
         capturable: bool = False,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         with torch_phrase(f"Invalid rho value: {rho}"):
@@ -110,6 +117,7 @@ class Adadelta(OptimizerBase):
         _check_impl_flags(
             "Adadelta", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -121,6 +129,8 @@ class Adadelta(OptimizerBase):
             foreach=foreach,
             differentiable=differentiable,
         )
+        if fused:  # a group key torch.optim.Adadelta does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +141,7 @@ class Adadelta(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         adadelta(
@@ -145,6 +156,7 @@ class Adadelta(OptimizerBase):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -162,6 +174,7 @@ def adadelta(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional Adadelta: update ``params``, ``square_avgs`` (:math:`v`),
@@ -170,8 +183,8 @@ def adadelta(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_adadelta if impl == "foreach" else _single_tensor_adadelta
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_adadelta, "foreach": _multi_tensor_adadelta, "fused": _fused_adadelta}[impl]
     func(
         params,
         grads,
@@ -201,8 +214,10 @@ def _single_tensor_adadelta(
     maximize: bool,
     has_complex: bool,
 ) -> None:
-    for theta, g, v, u, step_t in zip(params, grads, square_avgs, acc_deltas, state_steps):
-        step_t += 1
+    for i, (theta, g, v, u) in enumerate(zip(params, grads, square_avgs, acc_deltas)):
+        # (a list item: Dynamo loses `+=` on a local 0-dim float64 input under
+        # torch.compile(dynamic=True), which fused=True compiles with)
+        state_steps[i] += 1
         g = g if not maximize else -g
         if weight_decay != 0:
             g = g.add(theta, alpha=weight_decay)  # g_t + lambda * theta_{t-1}
@@ -216,6 +231,10 @@ def _single_tensor_adadelta(
         delta.div_(std).mul_(g)  # Delta_t = sqrt(u_{t-1} + eps) / sqrt(v_t + eps) * g_t
         u.mul_(rho).addcmul_(delta, delta, value=1 - rho)  # u_t = rho * u_{t-1} + (1 - rho) * Delta_t^2
         theta.add_(delta, alpha=-lr)  # theta_t = theta_{t-1} - eta * Delta_t
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_adadelta = _compiled_per_tensor(_single_tensor_adadelta)
 
 
 def _multi_tensor_adadelta(

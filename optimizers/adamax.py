@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _foreach_addcdiv_scaled_,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -78,6 +79,9 @@ class Adamax(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
         capturable: not supported (must be False).
 
     Reference:
@@ -86,7 +90,9 @@ class Adamax(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -100,6 +106,7 @@ class Adamax(OptimizerBase):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
@@ -108,6 +115,7 @@ class Adamax(OptimizerBase):
         _check_impl_flags(
             "Adamax", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -119,6 +127,8 @@ class Adamax(OptimizerBase):
             differentiable=differentiable,
             capturable=capturable,
         )
+        if fused:  # a group key torch.optim.Adamax does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +139,7 @@ class Adamax(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         beta1, beta2 = group["betas"]
@@ -145,6 +156,7 @@ class Adamax(OptimizerBase):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -163,6 +175,7 @@ def adamax(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional Adamax: update ``params``, ``exp_avgs`` (:math:`m`),
@@ -171,8 +184,8 @@ def adamax(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_adamax if impl == "foreach" else _single_tensor_adamax
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_adamax, "foreach": _multi_tensor_adamax, "fused": _fused_adamax}[impl]
     func(
         params,
         grads,
@@ -204,9 +217,12 @@ def _single_tensor_adamax(
     maximize: bool,
     has_complex: bool,
 ) -> None:
-    for theta, g, m, u, step_t in zip(params, grads, exp_avgs, exp_infs, state_steps):
+    for i, (theta, g, m, u) in enumerate(zip(params, grads, exp_avgs, exp_infs)):
         g = g if not maximize else -g
-        step_t += 1
+        # (a list item: Dynamo loses `+=` on a local 0-dim float64 input under
+        # torch.compile(dynamic=True), which fused=True compiles with)
+        state_steps[i] += 1
+        step_t = state_steps[i]
         if weight_decay != 0:
             g = g.add(theta, alpha=weight_decay)  # g_t + lambda * theta_{t-1}
 
@@ -223,6 +239,10 @@ def _single_tensor_adamax(
         if differentiable:  # addcdiv's backward keeps m and u: the next step updates them in place
             m, u = m.clone(), u.clone()
         theta.addcdiv_(m, u, value=-step_size)  # theta_t = theta_{t-1} - step_size * m_t / u_t (step_size: a float, or a 0-dim Tensor with a Tensor lr)
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_adamax = _compiled_per_tensor(_single_tensor_adamax)
 
 
 def _multi_tensor_adamax(

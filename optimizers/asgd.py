@@ -17,6 +17,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _compiling,
     _foreach_l2_grads,
     _group_by_device_and_dtype,
@@ -97,6 +98,9 @@ class ASGD(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
         capturable: not supported (must be False).
 
     References:
@@ -107,7 +111,9 @@ class ASGD(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -121,6 +127,7 @@ class ASGD(OptimizerBase):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative("weight_decay", weight_decay)
@@ -132,6 +139,7 @@ class ASGD(OptimizerBase):
         _check_impl_flags(
             "ASGD", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -144,6 +152,8 @@ class ASGD(OptimizerBase):
             differentiable=differentiable,
             capturable=capturable,
         )
+        if fused:  # a group key torch.optim.ASGD does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -174,6 +184,7 @@ class ASGD(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         asgd(
@@ -190,6 +201,7 @@ class ASGD(OptimizerBase):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -214,6 +226,7 @@ def asgd(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional ASGD: update ``params`` and the state lists in place.
@@ -227,8 +240,8 @@ def asgd(
             raise TypeError(f"{name} must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_asgd if impl == "foreach" else _single_tensor_asgd
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_asgd, "foreach": _multi_tensor_asgd, "fused": _fused_asgd}[impl]
     func(
         params,
         grads,
@@ -289,6 +302,10 @@ def _single_tensor_asgd(
             mus[i].copy_(1 / torch.clamp(cast(Tensor, n) - t0, min=1))  # n: a 0-dim tensor while compiling
             continue
         mus[i].copy_(torch.as_tensor(1 / max(1, n - t0)))
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_asgd = _compiled_per_tensor(_single_tensor_asgd)
 
 
 def _multi_tensor_asgd(

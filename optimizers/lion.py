@@ -17,6 +17,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -87,13 +88,18 @@ class Lion(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         capturable: not supported (must be False).
         differentiable: not supported (must be False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Chen, Liang, Huang, Real, Wang, Liu, Pham, Dong, Luong, Hsieh, Lu &
         Le (2023), *Symbolic Discovery of Optimization Algorithms*, NeurIPS.
     """
 
-    _group_fallbacks = {"capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -106,12 +112,14 @@ class Lion(OptimizerBase):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
         check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
-            "Lion", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "Lion", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -121,6 +129,7 @@ class Lion(OptimizerBase):
             maximize=maximize,
             capturable=capturable,
             differentiable=differentiable,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -131,6 +140,7 @@ class Lion(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         beta1, beta2 = group["betas"]
@@ -145,6 +155,7 @@ class Lion(OptimizerBase):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             foreach=group["foreach"],
+            fused=group["fused"],
             has_complex=has_complex,
         )
 
@@ -166,6 +177,7 @@ def lion(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional Lion: update ``params``, ``exp_avgs`` (:math:`m`) and ``state_steps`` in place.
@@ -177,8 +189,8 @@ def lion(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_lion if impl == "foreach" else _single_tensor_lion
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_lion, "foreach": _multi_tensor_lion, "fused": _fused_lion}[impl]
     func(
         params,
         grads,
@@ -217,6 +229,10 @@ def _single_tensor_lion(
         c = m.lerp(g, 1 - beta1)  # c_t = beta1 m_t + (1 - beta1) g_t
         theta.add_(c.sign_(), alpha=-lr)  # - eta sign(c_t)
         m.lerp_(g, 1 - beta2)  # m_{t+1} = beta2 m_t + (1 - beta2) g_t
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_lion = _compiled_per_tensor(_single_tensor_lion)
 
 
 def _multi_tensor_lion(

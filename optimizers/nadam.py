@@ -20,6 +20,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -104,6 +105,9 @@ class NAdam(OptimizerBase):
         capturable: not supported (must be False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Dozat (2016), *Incorporating Nesterov Momentum into Adam*, ICLR workshop.
@@ -111,7 +115,9 @@ class NAdam(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"capturable": False, "decoupled_weight_decay": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "decoupled_weight_decay": False, "fused": None}
 
     def __init__(
         self,
@@ -127,6 +133,7 @@ class NAdam(OptimizerBase):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
@@ -136,6 +143,7 @@ class NAdam(OptimizerBase):
         _check_impl_flags(
             "NAdam", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -149,6 +157,8 @@ class NAdam(OptimizerBase):
             capturable=capturable,
             differentiable=differentiable,
         )
+        if fused:  # a group key torch.optim.NAdam does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -174,6 +184,7 @@ class NAdam(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         beta1, beta2 = group["betas"]
@@ -193,6 +204,7 @@ class NAdam(OptimizerBase):
             decoupled_weight_decay=group["decoupled_weight_decay"],
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -214,6 +226,7 @@ def nadam(
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional NAdam: update ``params`` and the state lists in place.
@@ -228,8 +241,8 @@ def nadam(
         raise TypeError("mu_products must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_nadam if impl == "foreach" else _single_tensor_nadam
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_nadam, "foreach": _multi_tensor_nadam, "fused": _fused_nadam}[impl]
     func(
         params,
         grads,
@@ -302,6 +315,10 @@ def _single_tensor_nadam(
         pi = _as_float(mu_product)
         theta.addcdiv_(g, denom, value=-lr * (1.0 - mu) / (1.0 - pi))  # type: ignore[arg-type]  # a 0-dim Tensor lr works
         theta.addcdiv_(m.clone() if differentiable else m, denom, value=(-lr * mu_next) / (1.0 - pi * mu_next))  # type: ignore[arg-type]  # a 0-dim Tensor lr works
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_nadam = _compiled_per_tensor(_single_tensor_nadam)
 
 
 def _multi_tensor_nadam(

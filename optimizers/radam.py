@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _compiling,
     _foreach_adam_moments,
     _foreach_l2_grads,
@@ -104,6 +105,9 @@ class RAdam(OptimizerBase):
         capturable: not supported (must be False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Liu, Jiang, He, Chen, Liu, Gao & Han (2020), *On the Variance of the
@@ -112,7 +116,9 @@ class RAdam(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"capturable": False, "decoupled_weight_decay": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "decoupled_weight_decay": False, "fused": None}
 
     def __init__(
         self,
@@ -127,6 +133,7 @@ class RAdam(OptimizerBase):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         check_nonnegative("eps", eps, "epsilon")
@@ -135,6 +142,7 @@ class RAdam(OptimizerBase):
         _check_impl_flags(
             "RAdam", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -147,6 +155,8 @@ class RAdam(OptimizerBase):
             decoupled_weight_decay=decoupled_weight_decay,
             differentiable=differentiable,
         )
+        if fused:  # a group key torch.optim.RAdam does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -157,6 +167,7 @@ class RAdam(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         beta1, beta2 = group["betas"]
@@ -174,6 +185,7 @@ class RAdam(OptimizerBase):
             decoupled_weight_decay=group["decoupled_weight_decay"],
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -198,6 +210,7 @@ def radam(
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional RAdam: update ``params`` and the state lists in place.
@@ -210,8 +223,8 @@ def radam(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_radam if impl == "foreach" else _single_tensor_radam
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_radam, "foreach": _multi_tensor_radam, "fused": _fused_radam}[impl]
     func(
         params,
         grads,
@@ -290,6 +303,10 @@ def _single_tensor_radam(
             theta.add_(m_hat * lr * adaptive * _rectifier(rho_inf, rho), alpha=-1.0)
         else:
             theta.add_(m_hat * lr, alpha=-1.0)  # un-rectified: a momentum SGD step
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_radam = _compiled_per_tensor(_single_tensor_radam)
 
 
 def _multi_tensor_radam(

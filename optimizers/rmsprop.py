@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _check_range,
     _group_by_device_and_dtype,
     _increment_steps,
@@ -93,6 +94,9 @@ class RMSprop(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Tieleman & Hinton (2012), *Lecture 6.5 - RMSprop*, COURSERA: Neural
@@ -102,7 +106,9 @@ class RMSprop(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"momentum": 0, "centered": False, "capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"momentum": 0, "centered": False, "capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -117,6 +123,7 @@ class RMSprop(OptimizerBase):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         with torch_phrase(f"Invalid alpha value: {alpha}"):
@@ -127,6 +134,7 @@ class RMSprop(OptimizerBase):
         _check_impl_flags(
             "RMSprop", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -140,6 +148,8 @@ class RMSprop(OptimizerBase):
             maximize=maximize,
             differentiable=differentiable,
         )
+        if fused:  # a group key torch.optim.RMSprop does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +164,7 @@ class RMSprop(OptimizerBase):
         return state
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         rmsprop(
@@ -171,6 +182,7 @@ class RMSprop(OptimizerBase):
             centered=group["centered"],
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -191,6 +203,7 @@ def rmsprop(
     centered: bool = False,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional RMSprop: update ``params`` and the state lists in place.
@@ -203,8 +216,8 @@ def rmsprop(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_rmsprop if impl == "foreach" else _single_tensor_rmsprop
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_rmsprop, "foreach": _multi_tensor_rmsprop, "fused": _fused_rmsprop}[impl]
     func(
         params,
         grads,
@@ -267,6 +280,10 @@ def _single_tensor_rmsprop(
             theta.add_(b, alpha=-lr)  # theta_t = theta_{t-1} - eta * b_t
         else:
             theta.addcdiv_(g, denom, value=-lr)  # theta_t = theta_{t-1} - eta * g_t / denom
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_rmsprop = _compiled_per_tensor(_single_tensor_rmsprop)
 
 
 def _multi_tensor_rmsprop(

@@ -20,6 +20,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _group_by_device_and_dtype,
     _increment_steps,
     _new_step,
@@ -92,6 +93,9 @@ class Rprop(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         differentiable: record the step in autograd (single-tensor path), as
             ``torch.optim`` does (default: False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Riedmiller & Braun (1993), *A Direct Adaptive Method for Faster
@@ -100,7 +104,9 @@ class Rprop(OptimizerBase):
     """
 
     _differentiable_supported = True
-    _group_fallbacks = {"capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -113,6 +119,7 @@ class Rprop(OptimizerBase):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         _check_pair("etas", etas)
@@ -129,6 +136,7 @@ class Rprop(OptimizerBase):
         _check_impl_flags(
             "Rprop", foreach=foreach, differentiable=differentiable, capturable=capturable,
             differentiable_supported=True,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -139,6 +147,8 @@ class Rprop(OptimizerBase):
             differentiable=differentiable,
             capturable=capturable,
         )
+        if fused:  # a group key torch.optim.Rprop does not have: only when used
+            defaults["fused"] = fused
         super().__init__(params, defaults)
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +160,7 @@ class Rprop(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         etaminus, etaplus = group["etas"]
@@ -166,6 +177,7 @@ class Rprop(OptimizerBase):
             etaplus=etaplus,
             maximize=group["maximize"],
             foreach=_foreach_flag(group),
+            fused=group.get("fused"),
             has_complex=has_complex,
         )
 
@@ -195,6 +207,7 @@ def rprop(
     etaplus: float = 1.2,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional Rprop: update ``params`` and the state lists in place.
@@ -206,8 +219,8 @@ def rprop(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_rprop if impl == "foreach" else _single_tensor_rprop
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_rprop, "foreach": _multi_tensor_rprop, "fused": _fused_rprop}[impl]
     func(
         params,
         grads,
@@ -263,6 +276,10 @@ def _single_tensor_rprop(
 
         theta.addcmul_(g.sign(), delta.clone() if differentiable else delta, value=-1)  # theta_{t+1} = theta_t - sign(p_{t+1}) * Delta_{t+1}
         prev.copy_(g)  # p_{t+1}
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_rprop = _compiled_per_tensor(_single_tensor_rprop)
 
 
 def _multi_tensor_rprop(

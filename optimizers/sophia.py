@@ -21,6 +21,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _check_nonnegative,
     _fmt,
     _group_by_device_and_dtype,
@@ -113,13 +114,18 @@ class SophiaG(OptimizerBase):
             tensors are plain tensors on CUDA (or another accelerator with
             foreach kernels), and the single-tensor loop on CPU.
         differentiable: not supported (must be False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Liu, Li, Hall, Liang & Ma (2024), *Sophia: A Scalable Stochastic
         Second-order Optimizer for Language Model Pre-training*, ICLR.
     """
 
-    _group_fallbacks = {"capturable": False}
+    _fused_supported = True
+    _fused_compiled = True
+    _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
         self,
@@ -133,13 +139,15 @@ class SophiaG(OptimizerBase):
         capturable: bool = False,
         foreach: bool | None = None,
         differentiable: bool = False,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
         betas = check_betas(betas)
         _check_nonnegative("rho", rho)
         check_nonnegative("weight_decay", weight_decay)
         _check_impl_flags(
-            "SophiaG", foreach=foreach, differentiable=differentiable, capturable=capturable
+            "SophiaG", foreach=foreach, differentiable=differentiable, capturable=capturable,
+            fused=fused, fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -150,6 +158,7 @@ class SophiaG(OptimizerBase):
             capturable=capturable,
             foreach=foreach,
             differentiable=differentiable,
+            fused=fused,
         )
         super().__init__(params, defaults)
 
@@ -206,6 +215,7 @@ class SophiaG(OptimizerBase):
         return loss
 
     def _step_group(self, group: dict[str, Any], bs: float = 5120) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         beta1, beta2 = group["betas"]
@@ -222,6 +232,7 @@ class SophiaG(OptimizerBase):
             weight_decay=_as_float(group["weight_decay"]),
             maximize=group["maximize"],
             foreach=group["foreach"],
+            fused=group["fused"],
             has_complex=has_complex,
         )
 
@@ -258,6 +269,7 @@ def sophiag(
     weight_decay: float,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional SophiaG step: update ``params``, ``exp_avgs`` and ``state_steps`` in place.
@@ -268,8 +280,8 @@ def sophiag(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_sophiag if impl == "foreach" else _single_tensor_sophiag
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_sophiag, "foreach": _multi_tensor_sophiag, "fused": _fused_sophiag}[impl]
     func(
         params,
         grads,
@@ -341,6 +353,10 @@ def _single_tensor_sophiag(
         m.mul_(beta1).add_(g, alpha=1 - beta1)  # m_{t+1}
         ratio = (m.abs() / (rho * bs * h + _DENOM_EPS)).clamp(None, 1)  # min(|m| / (rho B h + eps), 1)
         theta.addcmul_(m.sign(), ratio, value=-lr)  # theta_{t+1}
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_sophiag = _compiled_per_tensor(_single_tensor_sophiag)
 
 
 def _multi_tensor_sophiag(

@@ -18,6 +18,7 @@ from ._base import (
     OptimizerBase,
     _as_float,
     _check_impl_flags,
+    _compiled_per_tensor,
     _foreach_addcdiv_scaled_,
     _foreach_l2_grads,
     _group_by_device_and_dtype,
@@ -116,13 +117,17 @@ class Yogi(OptimizerBase):
         maximize: maximize the objective instead of minimizing (default: False).
         capturable: not supported (must be False).
         differentiable: not supported (must be False).
-        fused: not supported (must be None or False).
+        fused: run each large tensor's whole update as one compiled loop (one pass over
+            memory; ``torch.compile`` on first use, see
+            :func:`optimizers._base._compiled_per_tensor`); CPU or CUDA (default: None).
 
     References:
         Zaheer, Reddi, Sachan, Kale & Kumar (2018), *Adaptive Methods for
         Nonconvex Optimization*, NeurIPS (Algorithm 2).
     """
 
+    _fused_supported = True
+    _fused_compiled = True
     _group_fallbacks = {"capturable": False, "fused": None}
 
     def __init__(
@@ -151,6 +156,7 @@ class Yogi(OptimizerBase):
             fused=fused,
             differentiable=differentiable,
             capturable=capturable,
+            fused_supported=True,
         )
         defaults = dict(
             lr=lr,
@@ -175,6 +181,7 @@ class Yogi(OptimizerBase):
         }
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        self._check_fused_once(group)
         params, grads, _, has_complex = self._gather(group)
         states = [self._lazy_state(p, group) for p in params]
         beta1, beta2 = group["betas"]
@@ -191,6 +198,7 @@ class Yogi(OptimizerBase):
             weight_decay=group["weight_decay"],
             maximize=group["maximize"],
             foreach=group["foreach"],
+            fused=group["fused"],
             has_complex=has_complex,
         )
 
@@ -214,6 +222,7 @@ def yogi(
     weight_decay: float = 0.0,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool | None = None,
     has_complex: bool | None = None,
 ) -> None:
     r"""Functional Yogi: update ``params`` and the state lists in place.
@@ -226,8 +235,8 @@ def yogi(
         raise TypeError("state_steps must be a list of 0-dim tensors")
     if has_complex is None:
         has_complex = any(torch.is_complex(p) for p in params)
-    impl = _resolve_impl(params, foreach)
-    func = _multi_tensor_yogi if impl == "foreach" else _single_tensor_yogi
+    impl = _resolve_impl(params, foreach, fused)
+    func = {"single": _single_tensor_yogi, "foreach": _multi_tensor_yogi, "fused": _fused_yogi}[impl]
     func(
         params,
         grads,
@@ -280,6 +289,10 @@ def _single_tensor_yogi(
         bias_correction2 = 1 - beta2**t
         denom = (v.sqrt() / _sqrt(bias_correction2)).add_(eps)  # sqrt(v_hat) + eps
         theta.addcdiv_(m, denom, value=-lr / bias_correction1)
+
+
+#: fused=True: the single-tensor update, compiled once and run per tensor in one pass
+_fused_yogi = _compiled_per_tensor(_single_tensor_yogi)
 
 
 def _multi_tensor_yogi(

@@ -201,7 +201,13 @@ def test_default_path_follows_torch_rule_on_cpu(info, monkeypatch):
     assert called and called[0] == "multi_tensor"  # (it may delegate parts to the loop)
 
 
-@pytest.mark.parametrize("info", [i for i in WITH_REF if i.supports_fused], ids=lambda i: i.name)
+#: fused=True through torch's own fused kernels (SGD, Adagrad, Adam, AdamW) ...
+TORCH_FUSED = [i for i in INFOS if i.supports_fused and not getattr(i.cls, "_fused_compiled", False)]
+#: ... and through the package's compiled per-tensor update (the other elementwise optimizers)
+COMPILED_FUSED = [i for i in INFOS if i.supports_fused and getattr(i.cls, "_fused_compiled", False)]
+
+
+@pytest.mark.parametrize("info", [i for i in TORCH_FUSED if i.ref_cls is not None], ids=lambda i: i.name)
 def test_fused_matches_torch_fused(info):
     for cfg in info.configs:
         if isinstance(cfg.get("lr"), torch.Tensor):
@@ -215,13 +221,53 @@ def test_fused_matches_torch_fused(info):
         assert_state_close(o1, o2, **TIGHT)
 
 
-@pytest.mark.parametrize("info", [i for i in INFOS if i.supports_fused], ids=lambda i: i.name)
+@pytest.mark.parametrize("info", TORCH_FUSED, ids=lambda i: i.name)
 def test_fused_refuses_complex_params_clearly(info):
     w = torch.zeros(3, dtype=torch.complex64, requires_grad=True)
     opt = info.cls([w], fused=True)
     w.grad = torch.ones_like(w)
     with pytest.raises(RuntimeError, match=f"{info.name} with fused=True requires floating-point params"):
         opt.step()
+
+
+@pytest.fixture
+def compiled_fused(monkeypatch):
+    """The compiled per-tensor path on the MLP's tiny tensors (it normally takes only large
+    ones), captured with AOTAutograd and run op by op (``aot_eager``: the graph inductor
+    receives, functionalized, without code generation, which takes seconds per kernel on a
+    small machine; tests/test_fused.py runs inductor itself)."""
+    from optimizers import _base
+
+    monkeypatch.setattr(_base, "_FUSED_MIN_NUMEL", 2)
+    monkeypatch.setitem(_base._FUSED_COMPILE_OPTIONS, "backend", "aot_eager")
+
+
+def _fused_configs(info) -> list[dict[str, Any]]:
+    """The first configuration and the last (the entries end with their richest option set)."""
+    cfgs = [c for c in info.configs if not isinstance(c.get("lr"), torch.Tensor)]
+    return [cfgs[0], cfgs[-1]] if len(cfgs) > 1 else cfgs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("info", COMPILED_FUSED, ids=lambda i: i.name)
+def test_compiled_fused_matches_single_tensor(info, dtype, compiled_fused):
+    """No torch kernel to compare with: fused=True must follow the package's single-tensor
+    path, to round-off (the compiled graph may contract a*b+c into an fma, and computes
+    step-dependent scalars from 0-dim tensors: float32 ones for NAdam's mu_product and
+    ASGD's eta and mu, hence the float64 tolerance)."""
+    if dtype == torch.float32:  # few steps: RMSprop's g / sqrt(v) amplifies last-bit changes
+        steps, tol = 5, dict(rtol=1e-4, atol=1e-5)
+    else:  # ASGD keeps eta and mu in float32 0-dim state (the compiled graph computes with them)
+        steps, tol = 20, dict(rtol=1e-5, atol=1e-6) if info.name == "ASGD" else dict(rtol=1e-7, atol=1e-9)
+    for cfg in _fused_configs(info):
+        m1, m2 = make_model(dtype), make_model(dtype)
+        o1 = info.cls(m1.parameters(), **cfg, fused=True)
+        o2 = info.cls(m2.parameters(), **cfg, foreach=False)
+        train(m1, o1, steps)
+        train(m2, o2, steps)
+        assert_params_close(m1.parameters(), m2.parameters(), **tol)
+        assert_state_close(o1, o2, **tol)
+        assert not torch.equal(params_of(m1)[0], params_of(make_model(dtype))[0])  # it moved
 
 
 # --------------------------------------------------------------------------- #
@@ -465,8 +511,11 @@ def test_defaults_match_torch_signature(info):
 
     if info.ref_cls is None:
         pytest.skip("no torch.optim reference")
-    ours = inspect.signature(info.cls.__init__).parameters
+    ours = dict(inspect.signature(info.cls.__init__).parameters)
     theirs = inspect.signature(info.ref_cls.__init__).parameters
+    if getattr(info.cls, "_fused_compiled", False) and "fused" not in theirs:
+        # the package's compiled fused=True, one argument more than torch's class, at the end
+        assert list(ours)[-1] == "fused" and ours.pop("fused").default is None
     assert list(ours) == list(theirs)
     for name in theirs:
         assert ours[name].kind == theirs[name].kind, name
@@ -721,7 +770,7 @@ def test_cuda_default_path_is_foreach(info, monkeypatch):
 
 
 @cuda
-@pytest.mark.parametrize("info", [i for i in WITH_REF if i.supports_fused], ids=lambda i: i.name)
+@pytest.mark.parametrize("info", [i for i in TORCH_FUSED if i.ref_cls is not None], ids=lambda i: i.name)
 def test_cuda_fused_matches_torch(info):
     cfg = {k: v for k, v in info.configs[-1].items() if not isinstance(v, torch.Tensor)}
     m1, m2 = make_model(torch.float32).cuda(), make_model(torch.float32).cuda()
