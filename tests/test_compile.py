@@ -243,3 +243,55 @@ def test_nonfinite_gradient_under_compile_raises_before_updating(name: str) -> N
     for i, s in before[1]["state"].items():
         for key, v in s.items():
             assert torch.equal(v, after[1]["state"][i][key]), key
+
+
+def _degenerate_grad(pattern: str, k: int, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    """Gradients whose windows are rank-deficient, where the eigenvalue cut-off decides."""
+    if pattern == "zero-then-random":
+        return torch.zeros(shape, dtype=torch.float64) if k < 3 else torch.randn(shape, generator=gen, dtype=torch.float64)
+    if pattern == "constant":
+        return torch.ones(shape, dtype=torch.float64)
+    # two alternating multiples of one vector: rank 1
+    return torch.arange(1.0, 1 + shape.numel(), dtype=torch.float64).reshape(shape) * (1 + k % 2)
+
+
+@pytest.mark.parametrize("pattern", ["zero-then-random", "constant", "rank-one"])
+@pytest.mark.parametrize("name, kwargs", [
+    ("LMAdagrad", {"lr": 0.1, "history_size": 3, "eps": 0.0}),
+    ("LMAdagrad", {"lr": 0.1, "history_size": 4, "centered": True, "update_norm": "graft"}),
+    ("FullMatrixAdagrad", {"lr": 0.1, "history_size": 3, "eps": 0.0}),
+], ids=lambda v: _config_id(v) if isinstance(v, dict) else v)
+def test_lm_adagrad_degenerate_windows_compiled_match_eager(name: str, kwargs: dict[str, Any],
+                                                            pattern: str) -> None:
+    """Zero, constant and rank-one windows (and a parameter of one entry, d < k):
+    the masked k x k problem (zero rows for the empty slots) drops the same
+    exactly-degenerate directions as the eager n x n one and ends at the same
+    parameters (float64, to round-off), in one graph."""
+    import optimizers
+
+    cls = getattr(optimizers, name)
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(3)
+    ps = [torch.randn(s, generator=gen, dtype=torch.float64) for s in [(5,), (1,), (2, 3)]]
+    qs = [p.clone() for p in ps]
+    opt_c, opt_e = cls(ps, **kwargs), cls(qs, **kwargs)
+
+    def fill(k: int) -> None:
+        for p, q in zip(ps, qs):
+            g = _degenerate_grad(pattern, k, p.shape, gen)
+            p.grad, q.grad = g, g.clone()
+
+    fill(0)
+    opt_c.step()
+    opt_e.step()
+    step = torch.compile(opt_c.step, backend="eager")
+    counters.clear()
+    for k in range(1, 9):
+        fill(k)
+        with torch._dynamo.config.patch(error_on_recompile=k > 1):
+            step()
+        opt_e.step()
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    for p, q in zip(ps, qs):
+        torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-12)
