@@ -762,9 +762,50 @@ class OptimizerBase(Optimizer):
 # fused=True without a torch kernel: one compiled pass per tensor              #
 # --------------------------------------------------------------------------- #
 
+def _inductor_with_scalars_hoisted(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+    """Inductor, with every 0-dim intermediate that feeds a tensor computation made an
+    extra graph output (dropped again on return).
+
+    Inductor inlines a 0-dim computation (bias corrections, NAdam's momentum schedule:
+    ``pow`` in double precision) into the consumer's loop, where it is recomputed for
+    every vector of 16 elements: ``std::pow`` sets errno, so the C++ compiler cannot
+    hoist it, and NAdam's step ran 2x slower than its single-tensor path. An output must
+    be realized: the scalars are then computed once, before the loop, which only loads them.
+    """
+    from torch._inductor.compile_fx import compile_fx
+
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = output.args[0]
+    n_out = len(outs) if isinstance(outs, (tuple, list)) else 1
+    hoisted = []
+    for node in gm.graph.nodes:
+        value = node.meta.get("example_value")
+        name = getattr(node.target, "__name__", str(node.target))
+        if (
+            node.op in ("call_function", "call_method")
+            and isinstance(value, Tensor) and value.dim() == 0
+            and not name.endswith("_") and not name.startswith("i")  # not in place (iadd, add_)
+            and any(
+                isinstance(u.meta.get("example_value"), Tensor) and u.meta["example_value"].dim() > 0
+                for u in node.users
+            )
+        ):
+            hoisted.append(node)
+    if not hoisted or not isinstance(outs, (tuple, list)):
+        return compile_fx(gm, example_inputs)
+    output.args = ((*outs, *hoisted),)
+    gm.recompile()
+    compiled = compile_fx(gm, example_inputs)
+
+    def run(*args: Any) -> Any:
+        return compiled(*args)[:n_out]
+
+    return run
+
+
 #: options of the ``torch.compile`` call behind :func:`_compiled_per_tensor` (tests may
 #: swap the backend for ``"aot_eager"``, which captures the same graph without code generation)
-_FUSED_COMPILE_OPTIONS: dict[str, Any] = {"backend": "inductor"}
+_FUSED_COMPILE_OPTIONS: dict[str, Any] = {"backend": _inductor_with_scalars_hoisted}
 
 #: (single-tensor function, static options) -> the compiled per-tensor kernel
 _FUSED_KERNELS: dict[tuple[Any, ...], Callable[..., None]] = {}
