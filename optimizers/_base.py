@@ -791,8 +791,11 @@ def _inductor_with_scalars_hoisted(gm: torch.fx.GraphModule, example_inputs: lis
             )
         ):
             hoisted.append(node)
+    sources = [_placeholder_source(n) for n in gm.graph.nodes if n.op == "placeholder"]
     if not hoisted or not isinstance(outs, (tuple, list)):
-        return compile_fx(gm, example_inputs)
+        compiled = compile_fx(gm, example_inputs)
+        _FUSED_BUILT.append((compiled, sources))
+        return compiled
     output.args = ((*outs, *hoisted),)
     gm.recompile()
     compiled = compile_fx(gm, example_inputs)
@@ -800,7 +803,46 @@ def _inductor_with_scalars_hoisted(gm: torch.fx.GraphModule, example_inputs: lis
     def run(*args: Any) -> Any:
         return compiled(*args)[:n_out]
 
+    _FUSED_BUILT.append((run, sources))
     return run
+
+
+def _placeholder_source(node: torch.fx.Node) -> str | None:
+    """The Python expression over the frame's locals ``L`` that Dynamo reads a graph input from."""
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    name = getattr(source, "name", None)
+    return (name() if callable(name) else name) if source is not None else None
+
+
+#: (compiled graph, its inputs' sources) built by the backend during the latest compile
+_FUSED_BUILT: list[tuple[Callable[..., Any], list[str | None]]] = []
+
+
+def _direct_call(built: list[tuple[Callable[..., Any], list[str | None]]]) -> Callable[..., None] | None:
+    """A call of the one compiled graph without Dynamo's frame machinery, or None.
+
+    After its first call a kernel's graph is fixed (one cache entry, see
+    :func:`_compiled_per_tensor`): the inputs are the tensors (and their length) read at
+    the sources Dynamo recorded, so they can be gathered and passed to inductor's compiled
+    function directly, which saves about half of the per-tensor cost (Dynamo's entry,
+    wrappers and config context). Only for exactly one graph whose every input source is
+    a plain expression over the arguments.
+    """
+    if len(built) != 1:
+        return None
+    compiled, sources = built[0]
+    if any(s is None or not s.startswith("L[") for s in sources):
+        return None
+    try:
+        getter = eval("lambda L: (" + "".join(f"{s}, " for s in sources) + ")", {})  # noqa: S307  (Dynamo's own source names)
+    except SyntaxError:
+        return None
+
+    def call(fn: Any, lists: Any, kwargs: Any) -> None:
+        compiled(*getter({"fn": fn, "lists": lists, "kwargs": kwargs}))
+
+    return call
 
 
 #: options of the ``torch.compile`` call behind :func:`_compiled_per_tensor` (tests may
@@ -854,8 +896,9 @@ def _fused_kernel(fn: Callable[..., None], key: tuple[Any, ...]) -> Callable[...
     return kernel
 
 
-#: kernels that have run once (compiled): later calls skip Dynamo's guards
-_FUSED_WARM: set[tuple[Any, ...]] = set()
+#: kernels that have run once (compiled): later calls skip Dynamo's guards, or Dynamo
+#: altogether where the value is a direct call of the compiled graph (:func:`_direct_call`)
+_FUSED_WARM: dict[tuple[Any, ...], Callable[..., None] | None] = {}
 
 
 def _flat_per(per: list[list[Any]], shape: torch.Size) -> list[list[Any]]:
@@ -959,14 +1002,22 @@ def _compiled_per_tensor(fn: Callable[..., None]) -> Callable[..., None]:
                 args = ([_flat(p)], [_flat(g)], *_flat_per(per, shape))
                 if kernel is None:
                     key = (fn, kkey, present, static, tuple(sorted(_FUSED_COMPILE_OPTIONS.items())))
-                    kernel = kernels[kkey] = _fused_kernel(fn, key)
+                    compiled = _fused_kernel(fn, key)
                     if key not in _FUSED_WARM:  # the first call compiles, with guards
-                        with torch.compiler.set_stance(skip_guard_eval_unsafe=False):
-                            kernel(fn, args, kwargs)
-                        _FUSED_WARM.add(key)
-                        kernel = None
-                if kernel is not None:
-                    kernel(fn, args, kwargs)
+                        # float options as constants (they are in the key): Dynamo would
+                        # otherwise wrap each in a new tensor at every call
+                        _FUSED_BUILT.clear()
+                        with torch.compiler.set_stance(skip_guard_eval_unsafe=False), \
+                                torch._dynamo.config.patch(specialize_float=True):
+                            compiled(fn, args, kwargs)  # this tensor's step
+                        _FUSED_WARM[key] = _direct_call(_FUSED_BUILT)
+                        _FUSED_BUILT.clear()
+                        kernels[kkey] = _FUSED_WARM[key] or compiled
+                        for x, t in narrow:
+                            t.copy_(x[0])
+                        continue
+                    kernel = kernels[kkey] = _FUSED_WARM[key] or compiled
+                kernel(fn, args, kwargs)
                 for x, t in narrow:
                     t.copy_(x[0])
 
