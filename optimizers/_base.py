@@ -793,12 +793,12 @@ def _inductor_with_scalars_hoisted(gm: torch.fx.GraphModule, example_inputs: lis
             hoisted.append(node)
     sources = [_placeholder_source(n) for n in gm.graph.nodes if n.op == "placeholder"]
     if not hoisted or not isinstance(outs, (tuple, list)):
-        compiled = compile_fx(gm, example_inputs)
+        compiled = cast("Callable[..., Any]", compile_fx(gm, example_inputs))
         _FUSED_BUILT.append((compiled, sources))
         return compiled
     output.args = ((*outs, *hoisted),)
     gm.recompile()
-    compiled = compile_fx(gm, example_inputs)
+    compiled = cast("Callable[..., Any]", compile_fx(gm, example_inputs))
 
     def run(*args: Any) -> Any:
         return compiled(*args)[:n_out]
