@@ -1522,9 +1522,10 @@ def _valid_slots(k: int, n: Tensor, device: torch.device) -> Tensor:
 
 def _whitening_coefficients_masked(G: Tensor, c: Tensor, eps: float, centered: bool,
                                    n: Tensor, valid: Tensor) -> Tensor:
-    r""":func:`_whitening_coefficients` of the leading ``n x n`` block of the ``k x k``
-    Gram matrix ``G``, computed on the whole ``k x k`` matrix (a shape that does not
-    change with the step).
+    r""":func:`_whitening_coefficients` of the leading ``n x n`` blocks of the ``k x k``
+    Gram matrices ``G`` (..., k, k), computed on the whole ``k x k`` matrices (a
+    shape that does not change with the step); ``c`` (..., k), ``n`` (...) the
+    numbers of filled slots (float64), ``valid`` (..., k) their mask.
 
     The rows and columns of the slots that hold no gradient yet (``valid`` False)
     are zero: a zero column of the window adds nothing to :math:`M^\top M`, so ``G``
@@ -1538,22 +1539,22 @@ def _whitening_coefficients_masked(G: Tensor, c: Tensor, eps: float, centered: b
     """
     f64 = torch.float64
     mask = valid.to(f64)
-    n64 = torch.zeros((), dtype=f64, device=G.device) + n
-    G = G * (mask.unsqueeze(-1) * mask)
+    outer = mask.unsqueeze(-1) * mask.unsqueeze(-2)
+    G = G * outer
     c = c * mask
-    scale = torch.diagonal(G).sum().clamp(min=0)
-    rtol = _RTOL_FACTOR * n64 * torch.finfo(f64).eps
+    scale = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1, keepdim=True).clamp(min=0)
+    rtol = (_RTOL_FACTOR * torch.finfo(f64).eps) * n.unsqueeze(-1)
     if centered:
-        C = torch.diag(mask) - torch.outer(mask, mask) / n64
+        C = torch.diag_embed(mask) - outer / n.unsqueeze(-1).unsqueeze(-1)
         G = C @ G @ C
-        c = C @ c
+        c = (C @ c.unsqueeze(-1)).squeeze(-1)
     lam, V = torch.linalg.eigh(G)
     keep = lam > rtol * scale
     lam_safe = torch.where(keep, lam, torch.ones_like(lam))
     w = torch.where(keep, 1.0 / (lam_safe * torch.sqrt(lam_safe + eps)), torch.zeros_like(lam))
-    a = V @ (w * (V.T @ c))
+    a = (V @ (w * (V.transpose(-1, -2) @ c.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
     if centered:
-        a = C @ a
+        a = (C @ a.unsqueeze(-1)).squeeze(-1)
     return a * mask
 
 
@@ -1650,6 +1651,7 @@ def _compiled_lm_adagrad(
                 m.mul_(momentum).add_(gs[i], alpha=1 - momentum)  # m_t = beta m_{t-1} + (1-beta) g_t
                 vs[i] = m / bc
     all_us: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    systems: dict[tuple[int, torch.device], list[tuple[list[int], Tensor, Tensor, Tensor]]] = {}
     for b, t in zip(blocks, ts):
         k = hs_real[b[0]].shape[0]
         if exact:
@@ -1675,20 +1677,29 @@ def _compiled_lm_adagrad(
             slot = slots[i]  # on the parameter's device, as the Gram matrix
             gram.index_copy_(0, slot, row.unsqueeze(0))
             gram.index_copy_(1, slot, row.unsqueeze(1))
-            G = gram.clone() if G is None else G + gram
+            G = gram if G is None else G + gram
             c = ci if c is None else c + ci
         G, c = cast(Tensor, G), cast(Tensor, c)  # a block has at least one parameter
+        # the small problems of all blocks with the same k on one device: one batched solve
+        systems.setdefault((k, G.device), []).append((b, G, c, n))
+    for (k, device), entries in systems.items():
+        Gs = torch.stack([G for _, G, _, _ in entries])
+        cs = torch.stack([c for _, _, c, _ in entries])
+        # the counters enter as scalar operands of device ops (no copy of a CPU tensor)
+        ns = torch.stack([torch.zeros((), dtype=f64, device=device) + n for _, _, _, n in entries])
+        valid = torch.arange(k, device=device) < ns.unsqueeze(-1)
         torch._assert_async(
-            torch.isfinite(G).all() & torch.isfinite(c).all(),
+            torch.isfinite(Gs).all() & torch.isfinite(cs).all(),
             "LMAdagrad: the float64 Gram matrix M^T M or M^T v overflowed (finite gradient "
             "entries above about 1e154 in float64 parameters, or non-finite parameters with "
             "coupled weight decay); the history now holds them. Scale the loss down",
         )
-        a = _whitening_coefficients_masked(G, c, eps, centered, n, _valid_slots(k, n, G.device))
-        for i in b:  # u_i = M_i a, accumulated in float64
-            M = _flat_history(histories[i], k)
-            u = (a.unsqueeze(-1) * M.to(f64)).sum(0)
-            all_us[i] = u.to(M.dtype).reshape(_real(params[i]).shape)
+        coeffs = _whitening_coefficients_masked(Gs, cs, eps, centered, ns, valid)
+        for (b, _, _, _), a in zip(entries, coeffs.unbind(0)):
+            for i in b:  # u_i = M_i a, accumulated in float64
+                M = _flat_history(histories[i], k)
+                u = (a.unsqueeze(-1) * M.to(f64)).sum(0)
+                all_us[i] = u.to(M.dtype).reshape(_real(params[i]).shape)
     if update_norm is not None:
         avgs = cast(Sequence[Tensor], update_norm_avgs)  # given when update_norm is set
         norms = _block_norms(blocks, all_us, [avgs[b[0]].dtype for b in blocks], None)
