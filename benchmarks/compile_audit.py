@@ -18,6 +18,15 @@ in its own subprocess with a timeout and after ``torch._dynamo.reset()``:
    graph breaks); every frame compiled during steps 3..6 is a recompilation.
 3. **Equality.** The same run is repeated eagerly on an identical copy; reported is
    the largest absolute difference of the parameters after 3 steps (and after 6).
+4. **Speed of the compiled step** (ours against torch.optim, side by side in one
+   process): a larger float32 parameter set (``TIMING_SHAPES``: about 2.1M parameters
+   in 12 tensors), one eager step each, then each optimizer's step compiled with
+   inductor and warmed up; then ``TIMING_ROUNDS`` rounds, each timing one compiled
+   step of every implementation in a new random order (gradients refilled before each
+   step). Reported: median milliseconds per implementation and the median of the
+   per-round ratio ours / torch.optim (below 1: ours faster), plus the eager step of
+   ours for scale. Where there is no torch.optim class, ours compiled against ours eager.
+   (FullMatrixAdagrad, whose state is a d x d matrix per tensor, on ``TIMING_SHAPES_FULL_MATRIX``.)
 
 The constructor per class is the first configuration of its entry in
 ``tests/optim_catalogue.py``. SparseAdam (sparse gradients only) and LBFGS
@@ -54,6 +63,11 @@ NOT_APPLICABLE = {
 
 STEPS = 6
 COMPARE_AT = 3
+#: parameter set of the compiled-step timing (weights and biases of a 4-block MLP)
+TIMING_SHAPES = [(512, 512), (512,)] * 4 + [(1024, 512), (1024,), (512, 1024), (512,)]
+TIMING_ROUNDS = 40
+#: FullMatrixAdagrad keeps a d x d matrix per tensor (d = numel): about 4k parameters
+TIMING_SHAPES_FULL_MATRIX = [(32, 32), (32,)] * 4
 #: compiled == eager when the parameters differ by at most this after 3 steps
 TOL = 1e-5
 
@@ -221,6 +235,71 @@ def _child(name: str, impl: str, explain_budget: float) -> None:
     emit()
 
 
+def _time_child(name: str) -> None:
+    """Compiled step time of ours and torch.optim's class, interleaved in this process."""
+    import random
+    import statistics
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    import optimizers
+    from optim_catalogue import CATALOGUE, MATRIX_ONLY, OWN_TESTS
+
+    torch.set_num_threads(1)
+    infos = {i.name: i for i in CATALOGUE + MATRIX_ONLY + OWN_TESTS}
+    info = infos.get(name)
+    kwargs = dict(info.configs[0]) if info is not None else {}
+    shapes = [s for s in TIMING_SHAPES if len(s) == 2] if name == "Muon" else TIMING_SHAPES
+    if name == "FullMatrixAdagrad":  # its d x d matrix per tensor: small tensors only
+        shapes = TIMING_SHAPES_FULL_MATRIX
+    gen = torch.Generator().manual_seed(0)
+    pool = [torch.randn(s, generator=gen) for s in shapes]
+    classes = {"ours compiled": getattr(optimizers, name)}
+    if hasattr(torch.optim, name):
+        classes["torch compiled"] = getattr(torch.optim, name)
+    classes["ours eager"] = getattr(optimizers, name)
+    runs = {}
+    out: dict = {"name": name, "n_params": sum(p.numel() for p in pool), "n_tensors": len(pool)}
+    for label, cls in classes.items():
+        params = [torch.nn.Parameter(t.clone() * 0.1) for t in pool]
+        opt = cls(params, **{k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
+        for p, g in zip(params, pool):
+            p.grad = g.clone()
+        opt.step()  # eager: the state exists
+
+        def step(opt=opt):
+            opt.step()
+
+        fn = torch.compile(step, backend="inductor") if "compiled" in label else step
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        out[f"{label} warm-up s"] = round(time.perf_counter() - t0, 1)
+        runs[label] = (fn, params)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    ratios: list[float] = []
+    for _ in range(TIMING_ROUNDS):
+        order = list(runs)
+        random.shuffle(order)
+        this = {}
+        for label in order:
+            fn, params = runs[label]
+            for p, g in zip(params, pool):
+                p.grad.copy_(g)
+            t0 = time.perf_counter()
+            fn()
+            this[label] = time.perf_counter() - t0
+            times[label].append(this[label])
+        ref = "torch compiled" if "torch compiled" in this else "ours eager"
+        ratios.append(this["ours compiled"] / this[ref])
+    out["median_ms"] = {k: round(1e3 * statistics.median(v), 3) for k, v in times.items()}
+    out["ratio_reference"] = "torch compiled" if "torch compiled" in runs else "ours eager"
+    out["median_ratio"] = round(statistics.median(ratios), 3)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
 # -------------------------------------------------------------------------- parent
 
 
@@ -245,6 +324,20 @@ def _run_one(name: str, impl: str, timeout: float, explain_budget: float) -> dic
         tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
         res["error"] = _short(tail[0] if tail else "no output", 200)
     return res
+
+
+def _run_timing(name: str, timeout: float) -> dict:
+    cmd = [sys.executable, "-u", __file__, "--time-child", name]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=2 * timeout, cwd=ROOT, env=env)
+    except subprocess.TimeoutExpired:
+        return {"timed_out": f"killed after {2 * timeout:.0f} s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        tail = p.stderr.strip().splitlines()[-1:] if p.stderr.strip() else []
+        return {"error": _short(tail[0] if tail else "no output", 200)}
+    return json.loads(lines[-1][7:])
 
 
 def _classes() -> list[str]:
@@ -306,6 +399,17 @@ def _fmt_compile(r: dict | None) -> tuple[str, str]:
     return rec, eq
 
 
+def _fmt_timing(t: dict | None) -> tuple[str, str]:
+    if not t:
+        return "not run", "–"
+    if "median_ms" not in t:
+        return "not run (" + (t.get("timed_out") or t.get("error") or "no result") + ")", "–"
+    ms = t["median_ms"]
+    cell = " / ".join(f"{ms[k]:.2f}" if k in ms else "–" for k in ("ours compiled", "torch compiled", "ours eager"))
+    ref = "torch.optim compiled" if t["ratio_reference"] == "torch compiled" else "ours eager"
+    return cell, f"{t['median_ratio']:.2f} (vs {ref})"
+
+
 def _write(rows: list[dict], meta: dict) -> None:
     import torch
 
@@ -322,28 +426,32 @@ def _write(rows: list[dict], meta: dict) -> None:
         "any op of a frame, and a frame Dynamo then skips gives no graph at all). Recompiles: frames Dynamo compiled during compiled steps 3..6 "
         "(step 1 eager, step 2 the first compilation). Compiled == eager: largest absolute "
         "parameter difference after 3 steps against an identical eager run. "
-        f"Generated by `benchmarks/compile_audit.py` ({meta['date']}, total {meta['total_s']:.0f} s).",
+        f"Generated by `benchmarks/compile_audit.py` ({meta['date']}, total {meta['total_s']:.0f} s)"
+        + (f"; a partial re-run of {', '.join(meta['partial_run'])} on that date, the other rows "
+           f"from the run of {meta.get('full_run_date', 'an earlier date')}." if meta.get("partial_run") else "."),
         "",
         "| optimizer | ours graph breaks | first reason (ours) | torch.optim graph breaks | "
         "first reason (torch.optim) | ours: recompiles (steps 3..6) | "
         "ours: compiled == eager (max abs diff, step 3) | torch.optim: recompiles | "
-        "torch.optim: compiled == eager |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "torch.optim: compiled == eager | compiled step, ms (ours / torch.optim / ours eager) | "
+        "ours compiled / reference (median of per-round ratios) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = r["name"]
         if "not_applicable" in r:
-            lines.append(f"| {name} | n/a | {r['not_applicable']} | n/a | | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {name} | n/a | {r['not_applicable']} | n/a | | n/a | n/a | n/a | n/a | n/a | n/a |")
             continue
         if "missing" in r:
-            lines.append(f"| {name} | not run | {r['missing']} | not run | | not run | not run | not run | not run |")
+            lines.append(f"| {name} | not run | {r['missing']} | not run | | not run | not run | not run | not run | not run | not run |")
             continue
         ob, oreason = _fmt_explain(r.get("ours"))
         tb, treason = _fmt_explain(r.get("torch")) if r.get("torch") else ("– (no torch.optim class)", "")
         rec, eq = _fmt_compile(r.get("ours"))
         trec, teq = _fmt_compile(r.get("torch"))
         oreason, treason = oreason.replace("|", "\\|"), treason.replace("|", "\\|")
-        lines.append(f"| {name} | {ob} | {oreason} | {tb} | {treason} | {rec} | {eq} | {trec} | {teq} |")
+        tcell, rcell = _fmt_timing(r.get("timing"))
+        lines.append(f"| {name} | {ob} | {oreason} | {tb} | {treason} | {rec} | {eq} | {trec} | {teq} | {tcell} | {rcell} |")
     lines += [
         "",
         f"\"yes\" means a difference of at most {TOL:g} (float32 round-off of a few steps; "
@@ -353,7 +461,10 @@ def _write(rows: list[dict], meta: dict) -> None:
         "\"compiled\" step runs eagerly and its equality says nothing about compiled code: "
         "\"graphs in all\" (`counters['stats']['unique_graphs']`) is then 0. "
         "The JSON holds per-step frame counts, up to five break sites per optimizer, "
-        "the explain times and the difference after 6 steps.",
+        "the explain times and the difference after 6 steps. The timing columns: "
+        "compiled (inductor) steps on about 2.1M float32 parameters in 12 tensors, ours and "
+        "torch.optim's interleaved in one process (see the script's docstring); the reference "
+        "of the ratio is torch.optim compiled, or ours eager where torch has no class.",
         "",
     ]
     (RESULTS / "compile_audit.md").write_text("\n".join(lines))
@@ -362,6 +473,8 @@ def _write(rows: list[dict], meta: dict) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
+    ap.add_argument("--time-child")
+    ap.add_argument("--no-timing", action="store_true", help="skip the compiled-step timing")
     ap.add_argument("--impl", default="ours")
     ap.add_argument("--only", default="")
     ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
@@ -373,6 +486,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         _child(args.child, args.impl, args.explain_budget)
+        return
+    if args.time_child:
+        _time_child(args.time_child)
         return
     if args.render:  # rewrite the markdown from the committed JSON
         data = json.loads((RESULTS / "compile_audit.json").read_text())
@@ -389,7 +505,18 @@ def main() -> None:
         keep = set(args.only.split(","))
         names = [n for n in names if n in keep]
     t_start = time.perf_counter()
-    rows = []
+    rows: list[dict] = []
+    previous: dict[str, dict] = {}
+    if args.only and (RESULTS / "compile_audit.json").exists():
+        # a partial run replaces its rows in the committed results and keeps the others
+        previous = {r["name"]: r for r in json.loads((RESULTS / "compile_audit.json").read_text())["rows"]}
+
+    def merged(rows: list[dict]) -> list[dict]:
+        if not previous:
+            return rows
+        new = {r["name"]: r for r in rows}
+        return [new.get(n, previous.get(n)) for n in _classes() if n in new or n in previous]
+
     for name in names:
         if name in NOT_APPLICABLE:
             rows.append({"name": name, "not_applicable": NOT_APPLICABLE[name]})
@@ -400,16 +527,22 @@ def main() -> None:
         row = {"name": name, "ours": _run_one(name, "ours", args.timeout, args.explain_budget)}
         if hasattr(torch.optim, name):
             row["torch"] = _run_one(name, "torch", args.timeout, args.explain_budget)
+        if not args.no_timing:
+            row["timing"] = _run_timing(name, args.timeout)
         rows.append(row)
         print(name, json.dumps(row)[:300], flush=True)
         meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                 "torch": torch.__version__, "total_s": time.perf_counter() - t_start,
                 "timeout_s": args.timeout, "explain_budget_s": args.explain_budget}
-        _write(rows, meta)
+        _write(merged(rows), meta)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "torch": torch.__version__, "total_s": time.perf_counter() - t_start,
             "timeout_s": args.timeout, "explain_budget_s": args.explain_budget}
-    _write(rows, meta)
+    if previous:
+        meta["partial_run"] = sorted(names)
+        old_meta = json.loads((RESULTS / "compile_audit.json").read_text())["meta"]
+        meta["full_run_date"] = old_meta.get("full_run_date", old_meta["date"])
+    _write(merged(rows), meta)
 
 
 if __name__ == "__main__":

@@ -315,7 +315,12 @@ def _single_tensor_shampoo(
             D = state["momentum_buffer"].mul_(momentum).add_(D)  # B_t = beta B_{t-1} + D_t
         if weight_decay != 0:
             W.mul_(1 - lr * weight_decay)
-        W.add_(D, alpha=-lr)
+        if _compiling():
+            # inductor (torch 2.13, CPU) fuses add_(A @ B, alpha=c) into a matrix product that
+            # drops c: the product is scaled first (checked against eager in tests/test_compile.py)
+            W.add_(D * -lr)
+        else:
+            W.add_(D, alpha=-lr)
 
 
 def _multi_tensor_shampoo(

@@ -331,8 +331,8 @@ def _soap_direction_traced(G: Tensor, state: dict[str, Any], *, beta1: float, be
     for S, Q, GG in (("L", "Q_L", g @ g.T), ("R", "Q_R", g.T @ g)):
         if S in state:
             state[S].lerp_(GG, 1 - shampoo_beta)
-            Q_new = torch.cond(refresh, lambda S_, Q_: _eigenbasis_traced(S_, Q_).contiguous(),
-                               lambda S_, Q_: Q_.contiguous().clone(), (state[S], state[Q]))
+            Q_new = torch.cond(refresh, lambda S_, Q_: _eigenbasis_traced(S_, Q_).clone(memory_format=torch.contiguous_format),
+                               lambda S_, Q_: Q_.clone(memory_format=torch.contiguous_format), (state[S], state[Q]))
             state[Q].copy_(Q_new)
     return N.reshape(G.shape).to(G.dtype)
 
@@ -352,7 +352,7 @@ def _eigenbasis_traced(S: Tensor, Q_prev: Tensor) -> Tensor:
     new_cluster = torch.cat([torch.ones(1, dtype=torch.bool, device=lam.device), (lam[1:] - lam[:-1]) > tol])
     cid = torch.cumsum(new_cluster.to(lam.dtype), 0)
     w = torch.arange(1, n + 1, dtype=lam.dtype, device=lam.device)
-    T = Q_prev.T @ N
+    T = Q_prev.clone().T @ N  # (a view of an input inside torch.cond trips its alias check)
     A = torch.where(cid[:, None] == cid[None, :], T.T @ (w[:, None] * T), 0.0)
     A = A + torch.diag(2 * n * cid)
     N = N @ torch.linalg.eigh(A)[1]
