@@ -68,12 +68,12 @@ def _substitute_package_classes() -> list[str]:
 
 
 _RECORDS: dict[str, dict[str, str]] = {}
+_REPLACED: list[str] = []
 
 
 def pytest_configure(config):  # noqa: D103 (pytest hook)
     if os.environ.get(_ENV_IMPL) == "ours":
-        replaced = _substitute_package_classes()
-        config._torch_suite_replaced = replaced
+        _REPLACED.extend(_substitute_package_classes())
 
 
 def _first_line(report) -> str:
@@ -104,6 +104,7 @@ def pytest_sessionfinish(session):  # noqa: D103 (pytest hook)
     out = os.environ.get(_ENV_OUT)
     if out:
         Path(out).write_text(json.dumps(_RECORDS, indent=1, sort_keys=True))
+        Path(out).with_suffix(".replaced").write_text(json.dumps(_REPLACED))
 
 
 # --------------------------------------------------------------------------- driver side
@@ -371,6 +372,10 @@ def main(argv: list[str] | None = None) -> None:
             out.unlink(missing_ok=True)
             times[impl] = _run(impl, test_file, args.site, out, args.pytest_args)
         records[impl] = json.loads(out.read_text())
+        replaced = json.loads(out.with_suffix(".replaced").read_text())
+        expected = [n for n in names if n not in missing] if impl == "ours" else []
+        if replaced != expected:
+            raise SystemExit(f"the {impl} run replaced {replaced}, expected {expected}")
     times_file = work / "records_times.json"
     if args.from_records:
         times = json.loads(times_file.read_text())
@@ -389,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         "package": f"commit {head}" + (f", with uncommitted edits in {', '.join(dirty)}" if dirty else ""),
         "torch": torch.__version__,
         "test file": args.source or str(test_file),
-        "optimizers in optim_db": ", ".join(names)
+        "optimizers in optim_db (all replaced by the package's in the second run)": ", ".join(names)
         + (f" (not in the package, run as torch's: {', '.join(missing)})" if missing else ""),
         "command": f"`{cmd}`",
         "pytest": "`-p no:xdist -k cpu` (CPU device tests only)",
