@@ -1598,7 +1598,8 @@ def _compiled_lm_adagrad(
     The gradient goes in with ``index_copy_``; the Gram row :math:`M^\\top g_t` is
     computed over all ``k`` slots (the empty ones are zero) and the whitening
     solves the whole ``k x k`` problem with the empty slots masked
-    (:func:`_whitening_coefficients_masked`), on the Gram matrix's device.
+    (:func:`_whitening_coefficients_masked`), on the Gram matrix's device, one
+    batched solve for all blocks with the same ``k`` on a device.
     :math:`M^\\top v` and :math:`M a` are float64 reductions that inductor fuses
     with the conversion of the window (one pass over it each). Checks
     that eagerly read a value on the host (overflow of the Gram matrix or of
