@@ -73,7 +73,8 @@ def _configs(info: OptimizerInfo) -> list[dict[str, Any]]:
     if info.name in NOT_YET_COMPILE_CLEAN:
         return cfgs[:1]
     chosen = [cfgs[0]] + [c for c in cfgs[1:-1] if isinstance(c.get("lr"), torch.Tensor)] + cfgs[-1:]
-    return [c for i, c in enumerate(chosen) if c not in chosen[:i]]
+    ids = [_config_id(c) for c in chosen]  # (a dict with a tensor lr compares equal to one with the float)
+    return [c for i, c in enumerate(chosen) if ids[i] not in ids[:i]]
 
 
 def _cases() -> list[Any]:
