@@ -486,7 +486,9 @@ def _check_fused_tensors(name: str, params: Iterable[Tensor], grads: Iterable[Te
         if not (p.device.type in devices and torch.is_floating_point(p)):
             raise RuntimeError(
                 f"{name} with fused=True requires floating-point params on one of "
-                f"{sorted(devices)}, but got {p.dtype} on {p.device.type}"
+                f"{sorted(devices)}, but got {p.dtype} on {p.device.type} [torch.optim: "
+                f"`fused=True` requires all the params to be floating point Tensors of "
+                f"supported devices: {sorted(devices)} but {p.dtype} and {p.device.type}]"
             )
     for g in grads:
         if g.is_sparse:
@@ -737,14 +739,20 @@ class OptimizerBase(Optimizer):
 
         The check (:func:`_check_fused_tensors`) runs at the first fused step
         and again after :meth:`add_param_group`, not at every step: on many
-        small tensors it would cost a fifth of a fused step.
+        small tensors it would cost a fifth of a fused step. As in torch.optim,
+        only parameters with a gradient are checked (a step skips the others:
+        e.g. the meta tensors ``module.to_empty()`` leaves in a group); until
+        every parameter has had one, the check runs again at the next step.
         """
         if group.get("fused") and not getattr(self, "_fused_checked", False):
             check = _check_compiled_fused_tensors if self._fused_compiled else _check_fused_tensors
+            complete = True
             for g in self.param_groups:
                 if g.get("fused"):
-                    check(type(self).__name__, g["params"])
-            self._fused_checked = True
+                    with_grad = [p for p in g["params"] if p.grad is not None]
+                    complete = complete and len(with_grad) == len(g["params"])
+                    check(type(self).__name__, with_grad)
+            self._fused_checked = complete
 
     def _init_state(self, p: Tensor, group: dict[str, Any]) -> dict[str, Any]:  # pragma: no cover
         """The state of parameter ``p`` before its first update."""

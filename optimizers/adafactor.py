@@ -302,7 +302,7 @@ def _rms(u: Tensor) -> float:
     """RMS(u) = ||u||_2 / sqrt(#u), as a Python float (a 0-dim tensor while compiling:
     no host synchronisation, no graph break)."""
     if _compiling():
-        return u.norm(2) / (u.numel() ** 0.5)  # type: ignore[return-value]  # a 0-dim Tensor
+        return u.norm(2) / (u.numel() ** 0.5)  # a 0-dim Tensor
     return u.norm(2).item() / (u.numel() ** 0.5)
 
 
