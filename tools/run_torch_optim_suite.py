@@ -315,15 +315,7 @@ DELIBERATE: dict[tuple[str, str], str] = {
     ("test_errors", "AdamW"): _TENSOR_LR_FOREACH,
 }
 # Known differences not (yet) fixed: (test name, optimizer) -> where the fix belongs
-KNOWN: dict[tuple[str, str], str] = {
-    (("test_fused_error_on_params_on_meta", name)): (
-        "the package's fused check (optimizers/_base.py, _check_fused_once) looks at every param "
-        "of a fused group, torch's only at params that have a gradient, and the message lacks "
-        "torch's phrase; fix proposed: check params with a gradient (cache the result only when "
-        "all had one) and append torch's sentence"
-    )
-    for name in ("SGD", "Adagrad", "Adam", "AdamW")
-}
+KNOWN: dict[tuple[str, str], str] = {}
 # Failures shared by torch and the package: optimizer -> why
 SHARED: dict[str, str] = {
     "Muon": (
