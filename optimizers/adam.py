@@ -284,13 +284,19 @@ class AdamW(Adam):
 
 
 def _check_tensor_hyperparameters(lr: Any, betas: Any, *, foreach: bool | None) -> None:
-    """torch.optim.Adam's rules for tensor ``betas``, with its phrases.
+    """torch.optim.Adam's rules for tensor ``lr`` and ``betas``, with its phrases.
 
-    A tensor ``beta`` is refused with ``foreach=True`` (torch's multi-tensor
-    Adam takes them only with ``capturable=True``, which this package does not
-    implement); ``betas`` are both numbers or both tensors, each with one
-    element. (A tensor ``lr`` works on both paths here.)
+    A tensor ``lr`` or ``beta`` is refused with ``foreach=True`` (torch's
+    multi-tensor Adam takes them only with ``capturable=True``, which this
+    package does not implement); ``betas`` are both numbers or both tensors, and
+    a tensor hyperparameter has one element.
     """
+    if isinstance(lr, Tensor) and foreach:
+        raise ValueError(
+            "Invalid lr: a Tensor with foreach=True (must be a float with foreach=True, "
+            "or leave foreach=None) [torch.optim: lr as a Tensor is not supported for "
+            "capturable=False and foreach=True]"
+        )
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         return  # check_betas explains
     kinds = [isinstance(b, Tensor) for b in betas]

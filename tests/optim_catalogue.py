@@ -714,6 +714,16 @@ OWN_TESTS: list[OptimizerInfo] = [
 
 BY_NAME = {info.name: info for info in CATALOGUE}
 
+#: optimizers that refuse a tensor lr together with foreach=True, as torch.optim's
+#: Adam and AdamW do (without capturable): "lr as a Tensor is not supported for
+#: capturable=False and foreach=True"
+TENSOR_LR_NO_FOREACH = {"Adam", "AdamW"}
+
+
+def refuses_foreach(info: OptimizerInfo, cfg: dict[str, Any]) -> bool:
+    """Whether ``info.cls(..., **cfg, foreach=True)`` is refused at construction."""
+    return info.name in TENSOR_LR_NO_FOREACH and isinstance(cfg.get("lr"), torch.Tensor)
+
 
 def all_configs() -> list[tuple[OptimizerInfo, dict[str, Any]]]:
     """Every (optimizer, configuration) pair, for parametrization."""

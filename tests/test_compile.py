@@ -41,7 +41,7 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import optim_catalogue
-from optim_catalogue import CATALOGUE, OptimizerInfo, _config_id
+from optim_catalogue import CATALOGUE, OptimizerInfo, _config_id, refuses_foreach
 
 STEPS = 8  # RAdam's rectification starts at its sixth step: both branches are covered
 ATOL = 1e-5
@@ -83,7 +83,7 @@ def _cases() -> list[Any]:
         has_foreach = "foreach" in inspect.signature(info.cls).parameters
         for cfg in _configs(info):
             variants = [cfg]
-            if has_foreach and "foreach" not in cfg:
+            if has_foreach and "foreach" not in cfg and not refuses_foreach(info, cfg):
                 variants.append({**cfg, "foreach": True})
             for kwargs in variants:
                 marks = []

@@ -64,6 +64,8 @@ CLASSIC_ERROR_INPUTS = [
     for kwargs, regex in [
         (dict(lr=1e-2, betas=(1.0, 0.0)), "Invalid beta parameter at index 0: 1.0"),
         (dict(lr=1e-2, weight_decay=-1), "Invalid weight_decay value: -1"),
+        (dict(lr=_T(0.001), foreach=True),
+         "lr as a Tensor is not supported for capturable=False and foreach=True"),
         (dict(lr=1e-2, betas=(0.9, _T(0.99))), "betas must be either both floats or both Tensors"),
         (dict(lr=1e-2, betas=(_T(0.9), 0.99)), "betas must be either both floats or both Tensors"),
         (dict(lr=1e-2, betas=(_T(0.9), _T(0.99)), foreach=True),
