@@ -303,17 +303,8 @@ def _summary(torch_rec, ours_rec, names, meta, deliberate) -> str:
 
 
 # Differences the package makes on purpose, named in the summary next to the failure.
-_TENSOR_LR_FOREACH = (
-    "the package accepts a tensor lr with foreach=True and runs the foreach path with it "
-    "(optimizers/adam.py, _check_tensor_hyperparameters: 'A tensor lr works on both paths "
-    "here'); torch refuses it unless capturable=True. test_errors stops at this input, so "
-    "the error inputs after it are checked one by one in the last section"
-)
 # (test name, optimizer) -> why
-DELIBERATE: dict[tuple[str, str], str] = {
-    ("test_errors", "Adam"): _TENSOR_LR_FOREACH,
-    ("test_errors", "AdamW"): _TENSOR_LR_FOREACH,
-}
+DELIBERATE: dict[tuple[str, str], str] = {}
 # Known differences not (yet) fixed: (test name, optimizer) -> where the fix belongs
 KNOWN: dict[tuple[str, str], str] = {}
 # Failures shared by torch and the package: optimizer -> why
@@ -326,10 +317,7 @@ SHARED: dict[str, str] = {
     ),
 }
 # (optimizer, error input's desc) -> why
-DELIBERATE_ERRORS: dict[tuple[str, str], str] = {
-    ("Adam", "lr as Tensor doesn't work with foreach & not capturable"): "a tensor lr works with foreach=True here",
-    ("AdamW", "lr as Tensor doesn't work with foreach & not capturable"): "a tensor lr works with foreach=True here",
-}
+DELIBERATE_ERRORS: dict[tuple[str, str], str] = {}
 
 
 def main(argv: list[str] | None = None) -> None:
