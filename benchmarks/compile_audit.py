@@ -507,9 +507,12 @@ def main() -> None:
     t_start = time.perf_counter()
     rows: list[dict] = []
     previous: dict[str, dict] = {}
+    previous_meta: dict = {}
     if args.only and (RESULTS / "compile_audit.json").exists():
         # a partial run replaces its rows in the committed results and keeps the others
-        previous = {r["name"]: r for r in json.loads((RESULTS / "compile_audit.json").read_text())["rows"]}
+        committed = json.loads((RESULTS / "compile_audit.json").read_text())
+        previous = {r["name"]: r for r in committed["rows"]}
+        previous_meta = committed["meta"]
 
     def merged(rows: list[dict]) -> list[dict]:
         if not previous:
@@ -540,8 +543,7 @@ def main() -> None:
             "timeout_s": args.timeout, "explain_budget_s": args.explain_budget}
     if previous:
         meta["partial_run"] = sorted(names)
-        old_meta = json.loads((RESULTS / "compile_audit.json").read_text())["meta"]
-        meta["full_run_date"] = old_meta.get("full_run_date", old_meta["date"])
+        meta["full_run_date"] = previous_meta.get("full_run_date", previous_meta.get("date"))
     _write(merged(rows), meta)
 
 
