@@ -239,10 +239,13 @@ def rprop(
 def _signs_to_factors(s: Tensor, etaminus: float, etaplus: float) -> Tensor:
     """The sign s_t of g_t * p_t as the step-size factor eta+, eta- or 1 (a new tensor; a NaN stays NaN).
 
-    ``torch.where`` rather than masked assignment (``s[mask] = v``, aten.index_put_),
-    which DTensor refuses on a sharded tensor (FSDP2); the values are the same.
+    ``masked_fill_`` (element-wise, in place on the new sign tensor ``s``) rather than masked
+    assignment (``s[mask] = v``, aten.index_put_), which DTensor refuses on a sharded tensor
+    (FSDP2); the values are the same. The masks are taken before any fill, so a filled value
+    (eta+ = 1.2, say) is not caught by the next comparison.
     """
-    return torch.where(s.gt(0), etaplus, torch.where(s.lt(0), etaminus, torch.where(s.eq(0), 1.0, s)))
+    positive, negative, zero = s.gt(0), s.lt(0), s.eq(0)
+    return s.masked_fill_(positive, etaplus).masked_fill_(negative, etaminus).masked_fill_(zero, 1.0)
 
 
 def _single_tensor_rprop(
