@@ -80,18 +80,27 @@ def _short(reason: str, n: int = 140) -> str:
     return reason if len(reason) <= n else reason[: n - 3] + "..."
 
 
-def _child(name: str, impl: str, explain_budget: float) -> None:
+def _child_setup(name: str) -> dict:
+    """In a child process: one intra-op thread, and the first configuration of ``name``'s
+    catalogue entry (``{}`` without one)."""
     import torch
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    import optimizers
     from optim_catalogue import CATALOGUE, MATRIX_ONLY, OWN_TESTS
 
     torch.set_num_threads(1)
     infos = {i.name: i for i in CATALOGUE + MATRIX_ONLY + OWN_TESTS}
     info = infos.get(name)
-    kwargs = dict(info.configs[0]) if info is not None else {}
+    return dict(info.configs[0]) if info is not None else {}
+
+
+def _child(name: str, impl: str, explain_budget: float) -> None:
+    import torch
+
+    kwargs = _child_setup(name)
+    import optimizers
+
     if impl == "ours":
         cls = getattr(optimizers, name)
     else:
@@ -242,15 +251,9 @@ def _time_child(name: str) -> None:
 
     import torch
 
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "tests"))
+    kwargs = _child_setup(name)
     import optimizers
-    from optim_catalogue import CATALOGUE, MATRIX_ONLY, OWN_TESTS
 
-    torch.set_num_threads(1)
-    infos = {i.name: i for i in CATALOGUE + MATRIX_ONLY + OWN_TESTS}
-    info = infos.get(name)
-    kwargs = dict(info.configs[0]) if info is not None else {}
     shapes = [s for s in TIMING_SHAPES if len(s) == 2] if name == "Muon" else TIMING_SHAPES
     if name == "FullMatrixAdagrad":  # its d x d matrix per tensor: small tensors only
         shapes = TIMING_SHAPES_FULL_MATRIX

@@ -110,16 +110,20 @@ def _set_grads(models: list[torch.nn.Module], step: int) -> None:
         torch.nn.functional.mse_loss(m(x), y).backward()
 
 
-@pytest.mark.parametrize("info, kwargs", _cases())
-def test_step_compiles_to_one_graph_and_matches_eager(info: OptimizerInfo, kwargs: dict[str, Any]) -> None:
+def _compiled_and_eager(cls: type, kwargs: dict[str, Any], model_info: OptimizerInfo, steps: int,
+                        backend: str = "eager") -> tuple[torch.nn.Module, torch.nn.Module, Any, Any]:
+    """Two identical models and optimizers; one eager step each (the state is created),
+    then ``steps`` steps: one optimizer through ``torch.compile`` (no recompilation allowed
+    after its first compiled step), the other eagerly. Dynamo's counters are cleared before
+    the compiled steps. Returns (compiled model, eager model, compiled-side optimizer,
+    eager optimizer)."""
     torch._dynamo.reset()
-    compiled_model = _model(info)
+    compiled_model = _model(model_info)
     eager_model = copy.deepcopy(compiled_model)
     kwargs_c = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-    opt_c = info.cls(compiled_model.parameters(), **kwargs_c)
-    opt_e = info.cls(eager_model.parameters(), **kwargs)
+    opt_c = cls(compiled_model.parameters(), **kwargs_c)
+    opt_e = cls(eager_model.parameters(), **kwargs)
     models = [compiled_model, eager_model]
-
     _set_grads(models, 0)
     opt_c.step()
     opt_e.step()
@@ -129,19 +133,27 @@ def test_step_compiles_to_one_graph_and_matches_eager(info: OptimizerInfo, kwarg
 
     # fullgraph=False, as users compile: with fullgraph=True Dynamo would capture
     # .item() as a symbolic scalar instead of breaking, and hide what users get
-    step = torch.compile(call_step, backend="eager")
+    step = torch.compile(call_step, backend=backend)
     counters.clear()
-    for k in range(1, STEPS + 1):
+    for k in range(1, steps + 1):
         _set_grads(models, k)
-        if k == 1:
+        with torch._dynamo.config.patch(error_on_recompile=k > 1):
             step()
-        else:
-            with torch._dynamo.config.patch(error_on_recompile=True):
-                step()
         opt_e.step()
-    # the step was compiled (not skipped and run eagerly): one graph, no break
+    return compiled_model, eager_model, opt_c, opt_e
+
+
+def _assert_one_graph() -> None:
+    """Since the counters were cleared, the step was compiled (not skipped and run eagerly)
+    into exactly one graph, with no graph break."""
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize("info, kwargs", _cases())
+def test_step_compiles_to_one_graph_and_matches_eager(info: OptimizerInfo, kwargs: dict[str, Any]) -> None:
+    compiled_model, eager_model, _, _ = _compiled_and_eager(info.cls, kwargs, info, STEPS)
+    _assert_one_graph()
     for p_c, p_e in zip(compiled_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p_c, p_e, **TOL_OVERRIDES.get(info.name, dict(atol=ATOL, rtol=RTOL)))
 
@@ -182,26 +194,9 @@ def test_lm_adagrad_window_compiles_once_and_matches_eager(name: str, kwargs: di
     matrix: the masked k x k form leaves the empty slots' rows at zero, as eagerly)."""
     import optimizers
 
-    cls = getattr(optimizers, name)
-    torch._dynamo.reset()
-    compiled_model = _model(CATALOGUE[0])
-    eager_model = copy.deepcopy(compiled_model)
-    kwargs_c = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
-    opt_c = cls(compiled_model.parameters(), **kwargs_c)
-    opt_e = cls(eager_model.parameters(), **kwargs)
-    models = [compiled_model, eager_model]
-    _set_grads(models, 0)
-    opt_c.step()
-    opt_e.step()
-    step = torch.compile(opt_c.step, backend="eager")
-    counters.clear()
-    for k in range(1, WINDOW_STEPS + 1):
-        _set_grads(models, k)
-        with torch._dynamo.config.patch(error_on_recompile=k > 1):
-            step()
-        opt_e.step()
-    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
-    assert not counters["graph_break"], dict(counters["graph_break"])
+    compiled_model, eager_model, opt_c, opt_e = _compiled_and_eager(
+        getattr(optimizers, name), kwargs, CATALOGUE[0], WINDOW_STEPS)
+    _assert_one_graph()
     for p_c, p_e in zip(compiled_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p_c, p_e, atol=ATOL, rtol=RTOL)
         s_c, s_e = opt_c.state[p_c], opt_e.state[p_e]
@@ -292,8 +287,7 @@ def test_lm_adagrad_degenerate_windows_compiled_match_eager(name: str, kwargs: d
         with torch._dynamo.config.patch(error_on_recompile=k > 1):
             step()
         opt_e.step()
-    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
-    assert not counters["graph_break"], dict(counters["graph_break"])
+    _assert_one_graph()
     for p, q in zip(ps, qs):
         torch.testing.assert_close(p, q, atol=1e-12, rtol=1e-12)
 
@@ -305,23 +299,6 @@ def test_shampoo_under_inductor_matches_eager() -> None:
     product first while compiling. With a refresh at every step the run is well
     conditioned, so compiled and eager agree to float32 round-off."""
     info = next(i for i in ENTRIES if i.name == "Shampoo")
-    torch._dynamo.reset()
-    compiled_model = _model(info)
-    eager_model = copy.deepcopy(compiled_model)
-    opt_c = info.cls(compiled_model.parameters(), lr=0.1)
-    opt_e = info.cls(eager_model.parameters(), lr=0.1)
-    models = [compiled_model, eager_model]
-    _set_grads(models, 0)
-    opt_c.step()
-    opt_e.step()
-
-    def call_step() -> None:
-        opt_c.step()
-
-    step = torch.compile(call_step, backend="inductor")
-    for k in range(1, 4):
-        _set_grads(models, k)
-        step()
-        opt_e.step()
+    compiled_model, eager_model, _, _ = _compiled_and_eager(info.cls, {"lr": 0.1}, info, 3, backend="inductor")
     for p_c, p_e in zip(compiled_model.parameters(), eager_model.parameters()):
         torch.testing.assert_close(p_c, p_e, atol=ATOL, rtol=RTOL)
